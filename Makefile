@@ -1,0 +1,49 @@
+# The two quick-start commands are `make demo` and `make test`; everything
+# else here is what they are built from.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck pytest sysdeps bench clean
+
+setup: $(STAMP)
+
+# meinheld 1.0.2 pins greenlet<0.5, which does not build on Python 3.11+;
+# juggler[meinheld] brings a modern greenlet and meinheld itself is then
+# installed without its stale pin (see the README, "meinheld").
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[all,dev]'
+	$(BIN)/pip install --quiet --no-deps 'meinheld==1.0.2'
+	touch $@
+
+demo: setup
+	$(BIN)/python examples/demo.py
+
+# System packages the tests drive for real: nginx, wrk, redis-server.
+sysdeps:
+	@bash .ci/sysdeps
+
+test: setup sysdeps lint typecheck pytest
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+# mypy cannot follow setuptools' editable-install import hook, so it checks
+# a tree of links that has the installed package shape: juggler/runner, ...
+typecheck: setup
+	@rm -rf .typecheck && mkdir -p .typecheck/juggler
+	@for pkg in runner backends supervisor; do ln -s ../../$$pkg .typecheck/juggler/$$pkg; done
+	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p juggler
+
+pytest: setup
+	$(BIN)/pytest
+
+bench: setup sysdeps
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache

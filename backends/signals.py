@@ -1,0 +1,68 @@
+"""Stop signals for backends whose main thread can wait in plain Python.
+
+The runner's contract: SIGTERM or SIGINT starts a graceful stop (stop
+accepting, drain, exit 0); a second SIGINT, or SIGQUIT at any time, exits at
+once. Event-loop backends (asyncio, gevent) register the same behaviour with
+their loop; threaded ones serve in worker threads while the main thread
+blocks in ``StopRequest.wait()``.
+
+The handlers only record the signal and write one byte to a pipe; the
+waiting main thread does the work. They never log and never take a lock
+(taking a lock in a handler that interrupted its holder deadlocks).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+from typing import NoReturn
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def exit_now(signum: int) -> NoReturn:
+    """Leave without draining: the operator asked twice, or sent SIGQUIT."""
+    os._exit(128 + signum)
+
+
+class StopRequest:
+    """Turns stop signals into something a main thread can block on."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        os.set_blocking(self._read_fd, True)
+
+    def install(self) -> None:
+        """Install the handlers; must run in the main thread."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_stop_signal)
+        signal.signal(signal.SIGQUIT, self._on_quit_signal)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            exit_now(signum)
+        if self.signum is None:
+            self.signum = signum
+        try:
+            os.write(self._write_fd, b"\0")
+        except BlockingIOError:
+            pass  # the pipe already holds a wake-up byte
+
+    def _on_quit_signal(self, signum: int, frame: FrameType | None) -> None:
+        exit_now(signum)
+
+    def trigger(self, signum: int = signal.SIGTERM) -> None:
+        """Request a stop from code (a vanished parent, a test)."""
+        self._on_stop_signal(signum, None)
+
+    def wait(self) -> int:
+        """Block until a stop is requested; return the signal number."""
+        while self.signum is None:
+            os.read(self._read_fd, 1)
+        return self.signum
+
+    def close(self) -> None:
+        os.close(self._read_fd)
+        os.close(self._write_fd)

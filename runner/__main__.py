@@ -1,0 +1,5 @@
+import sys
+
+from juggler.runner.cli import main
+
+sys.exit(main())

@@ -1,0 +1,223 @@
+"""Load the user's application from an ``APP`` argument and tell its kind.
+
+Accepted forms:
+
+- ``module:attr`` and ``module:attr.attr`` -- an attribute path;
+- ``module:factory()`` -- call a factory; literal arguments are allowed,
+  ``module:create_app("prod", debug=False)``, parsed with ``ast`` and never
+  evaluated as code;
+- ``module`` alone -- ``module:application``, the WSGI convention;
+- ``paste:path/to/app.ini#name`` -- a PasteDeploy application.
+
+Errors distinguish a missing module (the path is wrong) from an exception
+raised *inside* the user's module, which is shown with the user's traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from juggler.backends.base import App, Interface
+from juggler.runner.errors import AppImportError, AppLoadError, UsageError
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """A parsed ``module:attr`` reference, or a PasteDeploy one."""
+
+    module: str
+    attrs: tuple[str, ...]
+    call_args: tuple[Any, ...] | None = None  # None: not a factory call
+    call_kwargs: tuple[tuple[str, Any], ...] = ()
+    paste_uri: str | None = None
+
+    def __str__(self) -> str:
+        if self.paste_uri is not None:
+            return f"paste:{self.paste_uri}"
+        text = f"{self.module}:{'.'.join(self.attrs)}"
+        return text + ("()" if self.call_args is not None else "")
+
+
+def parse_spec(text: str) -> AppSpec:
+    """Parse an APP argument; raise ``UsageError`` for a malformed one."""
+    if text.startswith("paste:"):
+        uri = text.removeprefix("paste:")
+        if not uri:
+            raise UsageError('app "paste:" names no file (expected paste:FILE#name)')
+        return AppSpec(module="", attrs=(), paste_uri=uri)
+
+    module, _, expr = text.partition(":")
+    if not module or not all(part.isidentifier() for part in module.split(".")):
+        raise UsageError(f'app "{text}" is not of the form module:attr')
+    if not expr:
+        return AppSpec(module=module, attrs=("application",))
+    try:
+        node = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        raise UsageError(
+            f'app "{text}": "{expr}" is not an attribute path or a call '
+            "(expected module:attr or module:factory())"
+        ) from None
+    return _spec_from_node(text, module, node)
+
+
+def _spec_from_node(text: str, module: str, node: ast.expr) -> AppSpec:
+    call_args: tuple[Any, ...] | None = None
+    call_kwargs: tuple[tuple[str, Any], ...] = ()
+    if isinstance(node, ast.Call):
+        try:
+            call_args = tuple(ast.literal_eval(arg) for arg in node.args)
+            call_kwargs = tuple(
+                (str(kw.arg), ast.literal_eval(kw.value)) for kw in node.keywords
+            )
+        except ValueError:
+            raise UsageError(
+                f'app "{text}": factory arguments must be literals '
+                '(strings, numbers, True/False/None)'
+            ) from None
+        if any(kw.arg is None for kw in node.keywords):
+            raise UsageError(f'app "{text}": **kwargs are not allowed')
+        node = node.func
+    attrs = _attribute_path(node)
+    if attrs is None:
+        raise UsageError(
+            f'app "{text}" is not of the form module:attr, module:attr.attr '
+            "or module:factory()"
+        )
+    return AppSpec(module, attrs, call_args, call_kwargs)
+
+
+def _attribute_path(node: ast.expr) -> tuple[str, ...] | None:
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return tuple(reversed(parts))
+
+
+def load_app(spec: AppSpec) -> App:
+    """Import and return the application callable that ``spec`` names."""
+    if spec.paste_uri is not None:
+        return _load_paste(spec.paste_uri)
+    module = _import_module(spec.module)
+    obj: Any = module
+    for depth, attr in enumerate(spec.attrs):
+        if not hasattr(obj, attr):
+            owner = ".".join((spec.module, *spec.attrs[:depth]))
+            kind = "module" if depth == 0 else "object"
+            raise AppLoadError(
+                f'{kind} "{owner}" has no attribute "{attr}" '
+                f"(expected module:attr, as in {spec.module}:app)"
+            )
+        obj = getattr(obj, attr)
+    if spec.call_args is not None:
+        obj = _call_factory(spec, obj)
+    if not callable(obj):
+        raise AppLoadError(
+            f'app "{spec}" is a {type(obj).__name__}, not a callable '
+            "WSGI or ASGI application"
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+def _import_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        # The module itself (or a package above it) is missing: a path
+        # problem. A missing module imported *by* the user's code is an
+        # error inside their module and falls through to the next branch.
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise AppImportError(
+                f'cannot import app module "{name}": no module named '
+                f'"{exc.name}" (working directory {os.getcwd()}; add its folder '
+                "with --python-path)"
+            ) from None
+        raise _error_inside_module(name, exc) from None
+    except Exception as exc:
+        raise _error_inside_module(name, exc) from None
+
+
+def _error_inside_module(name: str, exc: BaseException) -> AppImportError:
+    where = ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" at {exc.filename}:{exc.lineno}"
+    return AppImportError(
+        f'app module "{name}" raised {type(exc).__name__}{where} while '
+        f"importing: {exc}",
+        details=_user_traceback(exc),
+    )
+
+
+def _call_factory(spec: AppSpec, factory: Any) -> Any:
+    if not callable(factory):
+        raise AppLoadError(f'app factory "{spec}" is not callable')
+    try:
+        return factory(*(spec.call_args or ()), **dict(spec.call_kwargs))
+    except Exception as exc:
+        raise AppLoadError(
+            f'app factory "{spec}" raised {type(exc).__name__}: {exc}',
+            details=_user_traceback(exc),
+        ) from None
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without the frames of importlib and of this module."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if "importlib" not in frame.filename and frame.filename != __file__
+    ]
+    lines = traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "Traceback (most recent call last):\n" + "".join(lines).rstrip()
+
+
+def _load_paste(uri: str) -> App:
+    try:
+        from paste.deploy import loadapp
+    except ImportError:
+        raise AppLoadError(
+            "paste: apps need PasteDeploy; install it with: "
+            "pip install 'juggler[paste]'"
+        ) from None
+    path, _, name = uri.partition("#")
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise AppLoadError(f'PasteDeploy file "{path}" does not exist')
+    try:
+        app = loadapp(f"config:{path}" + (f"#{name}" if name else ""))
+    except Exception as exc:
+        raise AppLoadError(
+            f'PasteDeploy app "{uri}" failed to load: {type(exc).__name__}: {exc}',
+            details=_user_traceback(exc),
+        ) from None
+    return app  # type: ignore[no-any-return]
+
+
+def detect_interface(app: App) -> Interface:
+    """Tell an ASGI app (a coroutine taking scope, receive, send) from WSGI."""
+    if inspect.iscoroutinefunction(app):
+        return "asgi"
+    call = getattr(app, "__call__", None)  # noqa: B004 - we want the method
+    if call is not None and inspect.iscoroutinefunction(call):
+        return "asgi"
+    return "wsgi"
+
+
+def add_python_paths(paths: list[str]) -> None:
+    """Put --python-path folders, then the working directory, first."""
+    for path in reversed([*paths, os.getcwd()]):
+        resolved = os.path.abspath(path)
+        if resolved not in sys.path:
+            sys.path.insert(0, resolved)

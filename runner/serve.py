@@ -1,0 +1,247 @@
+"""Boot a worker: socket, backend, app, hooks, then serve until stopped.
+
+The order matters. A backend named on the command line is prepared before
+the app is imported, because gevent must monkey-patch first. With
+``--backend auto`` the app is imported first, since its kind (WSGI or ASGI)
+picks the backend; the automatic choices (wsgiref, uvicorn) patch nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from juggler.backends import registry
+from juggler.backends.base import App, Backend, Interface, ServeContext, ServeOptions
+from juggler.runner import listen, parent
+from juggler.runner.accesslog import wrap_access_log
+from juggler.runner.app import (
+    AppSpec,
+    add_python_paths,
+    detect_interface,
+    load_app,
+    parse_spec,
+)
+from juggler.runner.errors import EXIT_OK, AppLoadError, BootError, UsageError
+from juggler.runner.notify import Notifier
+
+log = logging.getLogger("juggler.runner")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The runner's resolved command line."""
+
+    app: AppSpec
+    app_args: tuple[str, ...] = ()
+    fd: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    uds: str | None = None
+    backlog: int = 2048
+    expect_family: int | None = None
+    expect_type: int | None = None
+    backend: str = "auto"
+    interface: str = "auto"
+    options: ServeOptions = ServeOptions()
+    access_log: bool = False
+    python_path: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    pre_hook: str | None = None
+    post_hook: str | None = None
+
+
+def settings_from_args(
+    args: argparse.Namespace,
+    families: Mapping[str, int],
+    types: Mapping[str, int],
+) -> Settings:
+    """Check the options against each other and build ``Settings``."""
+    fd, host, uds = args.fd, args.host, args.uds
+    # chaussette's spellings: --host fd://3 and --host unix:/path
+    if host is not None and host.startswith("fd://"):
+        fd, host = _parse_fd_host(host), None
+    elif host is not None and host.startswith("unix:"):
+        uds, host = host.removeprefix("unix:"), None
+    if sum(x is not None for x in (fd, host, uds)) > 1:
+        raise UsageError("give only one of --fd, --host/--port and --uds")
+    if fd is None and (args.address_family or args.socket_type):
+        log.warning("--address-family/--socket-type only apply with --fd")
+    if fd is not None and args.backlog != 2048:
+        log.warning("--backlog is ignored with --fd: the parent set the backlog")
+
+    return Settings(
+        app=parse_spec(args.app),
+        app_args=tuple(args.app_args),
+        fd=fd,
+        host=host or "127.0.0.1",
+        port=args.port,
+        uds=uds,
+        backlog=args.backlog,
+        expect_family=families[args.address_family] if args.address_family else None,
+        expect_type=types[args.socket_type] if args.socket_type else None,
+        backend=args.backend,
+        interface=args.interface,
+        options=_serve_options(args),
+        access_log=args.access_log,
+        python_path=tuple(_split_paths(args.python_path)),
+        env=tuple(_parse_env(item) for item in args.env),
+        pre_hook=args.pre_hook,
+        post_hook=args.post_hook,
+    )
+
+
+def _serve_options(args: argparse.Namespace) -> ServeOptions:
+    if args.graceful_timeout < 0:
+        raise UsageError("--graceful-timeout must be 0 or more seconds")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise UsageError("--spawn/--threads must be at least 1")
+    return ServeOptions(
+        graceful_timeout=args.graceful_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        concurrency=args.concurrency,
+        monkey_patch=args.monkey_patch,
+    )
+
+
+def _parse_fd_host(host: str) -> int:
+    try:
+        return int(host.removeprefix("fd://"))
+    except ValueError:
+        raise UsageError(f'--host "{host}": expected fd://NUMBER') from None
+
+
+def _split_paths(values: list[str]) -> list[str]:
+    return [path for value in values for path in value.split(os.pathsep) if path]
+
+
+def _parse_env(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UsageError(f'--env "{item}": expected KEY=VALUE')
+    return key, value
+
+
+def run(settings: Settings) -> int:
+    """Serve until a stop signal; return the exit code."""
+    os.environ.update(dict(settings.env))
+    add_python_paths(list(settings.python_path))
+    parent.exit_with_parent()
+    notifier = Notifier.from_environ()
+
+    sock = _listen(settings)
+    backend = None
+    if settings.backend != "auto":
+        backend = _prepare(settings.backend, settings.options)
+
+    sys.argv = [str(settings.app), *settings.app_args]
+    app = load_app(settings.app)
+    interface = _interface(settings, app)
+    if backend is None:
+        backend = _prepare(registry.DEFAULT_FOR_INTERFACE[interface], settings.options)
+    _check_compatible(backend, interface, sock)
+    if settings.access_log:
+        app = wrap_access_log(app, interface)
+
+    options = _with_interface(settings.options, interface)
+    context = ServeContext(
+        options,
+        on_ready=lambda: _on_ready(notifier, settings, backend, sock),
+        on_draining=lambda: _on_draining(notifier, options),
+    )
+    _call_hook(settings.pre_hook, "pre-hook", settings)
+    try:
+        backend.serve(sock, app, context)
+    finally:
+        _call_hook(settings.post_hook, "post-hook", settings)
+    log.info("stopped: pid=%d", os.getpid())
+    return EXIT_OK
+
+
+def _listen(settings: Settings) -> socket.socket:
+    if settings.fd is not None:
+        return listen.inherit(
+            settings.fd,
+            expect_family=settings.expect_family,
+            expect_type=settings.expect_type,
+        )
+    if settings.uds is not None:
+        return listen.bind_unix(settings.uds, settings.backlog)
+    return listen.bind_tcp(settings.host, settings.port, settings.backlog)
+
+
+def _prepare(name: str, options: ServeOptions) -> Backend:
+    backend = registry.load(name)
+    log.debug("preparing backend %s", name)
+    backend.prepare(options)
+    return backend
+
+
+def _interface(settings: Settings, app: App) -> Interface:
+    if settings.interface == "wsgi":
+        return "wsgi"
+    if settings.interface == "asgi":
+        return "asgi"
+    detected = detect_interface(app)
+    log.debug("app %s looks like %s", settings.app, detected.upper())
+    return detected
+
+
+def _check_compatible(backend: Backend, interface: Interface, sock: socket.socket) -> None:
+    if interface not in backend.interfaces:
+        speaks = " and ".join(sorted(i.upper() for i in backend.interfaces))
+        others = [
+            name
+            for name in registry.BUILTIN
+            if interface in registry.load(name).interfaces
+        ]
+        raise BootError(
+            f"backend {backend.name} serves {speaks} apps only and the app is "
+            f"{interface.upper()}; use --backend {' or '.join(others)}, or "
+            "--interface if the app was misdetected"
+        )
+    if sock.family == socket.AF_UNIX and not backend.supports_unix:
+        raise BootError(f"backend {backend.name} cannot serve a UNIX socket")
+
+
+def _with_interface(options: ServeOptions, interface: Interface) -> ServeOptions:
+    from dataclasses import replace
+
+    return replace(options, interface=interface)
+
+
+def _on_ready(
+    notifier: Notifier, settings: Settings, backend: Backend, sock: socket.socket
+) -> None:
+    log.info(
+        "serving: app=%s backend=%s on %s pid=%d",
+        settings.app,
+        backend.name,
+        listen.describe(sock),
+        os.getpid(),
+    )
+    notifier.ready()
+
+
+def _on_draining(notifier: Notifier, options: ServeOptions) -> None:
+    log.info(
+        "draining: pid=%d graceful_timeout=%gs", os.getpid(), options.graceful_timeout
+    )
+    notifier.stopping()
+
+
+def _call_hook(target: str | None, what: str, settings: Settings) -> None:
+    if target is None:
+        return
+    hook: Any = load_app(parse_spec(target))
+    log.info("running %s %s", what, target)
+    try:
+        hook(settings)
+    except Exception as exc:
+        raise AppLoadError(f"{what} {target} raised {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""The supervisor daemon: config, sockets, watchers, control channel, CLI."""
