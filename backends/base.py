@@ -13,6 +13,19 @@ supervisor before it, bound it. The runner calls, in this order:
    once it accepts connections and ``context.draining()`` when the stop
    begins.
 
+What every backend gives the app, whatever its server does by default:
+
+- ``REMOTE_ADDR``/``REMOTE_PORT`` (WSGI) and ``scope["client"]`` (ASGI): the
+  peer's IP and port on TCP. A UNIX-socket peer has no address: the environ
+  gets ``REMOTE_ADDR = ""`` and no ``REMOTE_PORT``, the scope ``client = None``.
+- ``SERVER_NAME``/``SERVER_PORT`` and ``scope["server"]``: the listening
+  address on TCP; on a UNIX socket ``"localhost"`` and ``"80"`` in the
+  environ, and ``scope["server"] = (path, None)`` as the ASGI spec allows.
+- HTTP/1.1 keep-alive is on; no per-request log line is written (the runner
+  wraps the app itself when ``--access-log`` is given).
+- An exception from the app is a 500 (or a closed connection once the
+  response has begun) and a logged traceback; the worker keeps serving.
+
 A backend must never call ``shutdown()`` on the listening socket nor unlink a
 UNIX socket path: sibling workers share the same socket, and a shutdown
 would wake and break their ``accept()`` too. Closing its own descriptor is
