@@ -133,7 +133,7 @@ class Backend(abc.ABC):
     #: Whether the server can serve a UNIX socket.
     supports_unix: ClassVar[bool] = True
 
-    def prepare(self, options: ServeOptions) -> None:
+    def prepare(self, options: ServeOptions) -> None:  # noqa: B027 (optional)
         """Import the server package; runs before the app is imported."""
 
     @abc.abstractmethod

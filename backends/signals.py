@@ -13,7 +13,9 @@ waiting main thread does the work. They never log and never take a lock
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 from types import FrameType
 from typing import NoReturn
@@ -45,10 +47,9 @@ class StopRequest:
             exit_now(signum)
         if self.signum is None:
             self.signum = signum
-        try:
+        # A full pipe already holds a wake-up byte.
+        with contextlib.suppress(BlockingIOError):
             os.write(self._write_fd, b"\0")
-        except BlockingIOError:
-            pass  # the pipe already holds a wake-up byte
 
     def _on_quit_signal(self, signum: int, frame: FrameType | None) -> None:
         exit_now(signum)
@@ -57,9 +58,14 @@ class StopRequest:
         """Request a stop from code (a vanished parent, a test)."""
         self._on_stop_signal(signum, None)
 
-    def wait(self) -> int:
-        """Block until a stop is requested; return the signal number."""
-        while self.signum is None:
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until a stop is requested; return its signal number.
+
+        With a timeout, return None when it passes first.
+        """
+        if timeout is not None and self.signum is None:
+            select.select([self._read_fd], [], [], timeout)
+        while self.signum is None and timeout is None:
             os.read(self._read_fd, 1)
         return self.signum
 

@@ -33,13 +33,22 @@ def escape(text: str) -> str:
 
 
 def _line(
-    client: str, method: str, target: str, protocol: str,
-    status: int | str, size: int, seconds: float, agent: str,
+    *,
+    client: str,
+    request: str,
+    status: int | str,
+    size: int,
+    seconds: float,
+    agent: str,
 ) -> None:
     log.info(
-        '%s "%s %s %s" %s %d %.4fs "%s"',
-        client, escape(method), escape(target), escape(protocol),
-        status, size, seconds, escape(agent),
+        '%s "%s" %s %d %.4fs "%s"',
+        client,
+        escape(request),
+        status,
+        size,
+        seconds,
+        escape(agent),
     )
 
 
@@ -49,7 +58,9 @@ def wrap_access_log(app: App, interface: Interface) -> App:
 
 
 def _wrap_wsgi(app: App) -> App:
-    def logged_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def logged_app(
+        environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         started = time.perf_counter()
         status = ["-"]
 
@@ -60,14 +71,23 @@ def _wrap_wsgi(app: App) -> App:
             return start_response(status_line, headers, exc_info)
 
         body = app(environ, recording_start_response)
-        return _CountingBody(body, lambda size: _line(
-            environ.get("REMOTE_ADDR", "-"),
-            environ.get("REQUEST_METHOD", "-"),
-            _wsgi_target(environ),
-            environ.get("SERVER_PROTOCOL", "-"),
-            status[0], size, time.perf_counter() - started,
-            environ.get("HTTP_USER_AGENT", "-"),
-        ))
+        return _CountingBody(
+            body,
+            lambda size: _line(
+                client=environ.get("REMOTE_ADDR") or "-",
+                request=" ".join(
+                    (
+                        environ.get("REQUEST_METHOD", "-"),
+                        _wsgi_target(environ),
+                        environ.get("SERVER_PROTOCOL", "-"),
+                    )
+                ),
+                status=status[0],
+                size=size,
+                seconds=time.perf_counter() - started,
+                agent=environ.get("HTTP_USER_AGENT", "-"),
+            ),
+        )
 
     return logged_app
 
@@ -127,13 +147,15 @@ def _wrap_asgi(app: App) -> App:
             target = scope.get("path", "")
             if scope.get("query_string"):
                 target += "?" + scope["query_string"].decode("latin-1")
+            method = scope.get("method", "-")
+            protocol = "HTTP/" + scope.get("http_version", "1.1")
             _line(
-                client[0] if client else "-",
-                scope.get("method", "-"),
-                target,
-                "HTTP/" + scope.get("http_version", "1.1"),
-                state["status"], state["size"], time.perf_counter() - started,
-                headers.get(b"user-agent", b"-").decode("latin-1"),
+                client=client[0] if client else "-",
+                request=f"{method} {target} {protocol}",
+                status=state["status"],
+                size=state["size"],
+                seconds=time.perf_counter() - started,
+                agent=headers.get(b"user-agent", b"-").decode("latin-1"),
             )
 
     return logged_app

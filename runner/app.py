@@ -80,7 +80,7 @@ def _spec_from_node(text: str, module: str, node: ast.expr) -> AppSpec:
         except ValueError:
             raise UsageError(
                 f'app "{text}": factory arguments must be literals '
-                '(strings, numbers, True/False/None)'
+                "(strings, numbers, True/False/None)"
             ) from None
         if any(kw.arg is None for kw in node.keywords):
             raise UsageError(f'app "{text}": **kwargs are not allowed')
@@ -137,7 +137,9 @@ def _import_module(name: str) -> Any:
         # The module itself (or a package above it) is missing: a path
         # problem. A missing module imported *by* the user's code is an
         # error inside their module and falls through to the next branch.
-        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+        if exc.name is not None and (
+            name == exc.name or name.startswith(exc.name + ".")
+        ):
             raise AppImportError(
                 f'cannot import app module "{name}": no module named '
                 f'"{exc.name}" (working directory {os.getcwd()}; add its folder '

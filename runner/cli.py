@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ SOCKET_TYPES = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner",
+        allow_abbrev=False,
         description="Serve a WSGI or ASGI app on an inherited or bound socket.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve_parser = sub.add_parser(
         "serve",
+        allow_abbrev=False,
         help="serve an app",
         description="Serve APP (module:attr, module:factory() or paste:FILE#name).",
     )
@@ -199,7 +200,11 @@ def _list_backends() -> int:
         package = getattr(backend, "package", None)
         installed = package is None or importlib.util.find_spec(package) is not None
         interfaces = ",".join(sorted(backend.interfaces))
-        state = "installed" if installed else f"missing: pip install 'juggler[{backend.extra}]'"
+        state = (
+            "installed"
+            if installed
+            else f"missing: pip install 'juggler[{backend.extra}]'"
+        )
         print(f"{name:<10}  {interfaces:<9}  {state}")
     return EXIT_OK
 

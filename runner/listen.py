@@ -15,12 +15,12 @@ import stat
 
 from juggler.runner.errors import BindError
 
-FAMILY_NAMES = {
+FAMILY_NAMES: dict[int, str] = {
     socket.AF_INET: "AF_INET",
     socket.AF_INET6: "AF_INET6",
     socket.AF_UNIX: "AF_UNIX",
 }
-TYPE_NAMES = {
+TYPE_NAMES: dict[int, str] = {
     socket.SOCK_STREAM: "SOCK_STREAM",
     socket.SOCK_DGRAM: "SOCK_DGRAM",
     socket.SOCK_RAW: "SOCK_RAW",
@@ -80,8 +80,7 @@ def _check_expected(
         wanted = FAMILY_NAMES.get(family, str(family))
         _release(sock)
         raise BindError(
-            f"fd {fd} is an {actual} socket but --address-family {wanted} "
-            "was given"
+            f"fd {fd} is an {actual} socket but --address-family {wanted} was given"
         )
     if type_ is not None and sock.type != type_:
         wanted = TYPE_NAMES.get(type_, str(type_))

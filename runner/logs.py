@@ -19,7 +19,9 @@ def configure_logging(level: str, output: str) -> None:
         try:
             handler = logging.FileHandler(output)
         except OSError as exc:
-            raise BootError(f"cannot open --log-output {output}: {exc.strerror}") from None
+            raise BootError(
+                f"cannot open --log-output {output}: {exc.strerror}"
+            ) from None
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -33,8 +33,11 @@ def exit_with_parent(signum: int = signal.SIGTERM) -> None:
         if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl failed")
     except (OSError, AttributeError) as exc:
-        log.warning("cannot watch the parent process (%s); an orphaned "
-                    "runner will keep serving", exc)
+        log.warning(
+            "cannot watch the parent process (%s); an orphaned "
+            "runner will keep serving",
+            exc,
+        )
         return
     # The parent may have died before prctl took effect: then we were
     # re-parented and nobody will send the signal.

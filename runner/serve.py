@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from juggler.backends import registry
@@ -49,7 +49,7 @@ class Settings:
     expect_type: int | None = None
     backend: str = "auto"
     interface: str = "auto"
-    options: ServeOptions = ServeOptions()
+    options: ServeOptions = field(default_factory=ServeOptions)
     access_log: bool = False
     python_path: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
@@ -135,7 +135,7 @@ def run(settings: Settings) -> int:
     parent.exit_with_parent()
     notifier = Notifier.from_environ()
 
-    sock = _listen(settings)
+    sock = open_listener(settings)
     backend = None
     if settings.backend != "auto":
         backend = _prepare(settings.backend, settings.options)
@@ -164,7 +164,8 @@ def run(settings: Settings) -> int:
     return EXIT_OK
 
 
-def _listen(settings: Settings) -> socket.socket:
+def open_listener(settings: Settings) -> socket.socket:
+    """The socket to serve: inherited with --fd, else bound here."""
     if settings.fd is not None:
         return listen.inherit(
             settings.fd,
@@ -193,7 +194,9 @@ def _interface(settings: Settings, app: App) -> Interface:
     return detected
 
 
-def _check_compatible(backend: Backend, interface: Interface, sock: socket.socket) -> None:
+def _check_compatible(
+    backend: Backend, interface: Interface, sock: socket.socket
+) -> None:
     if interface not in backend.interfaces:
         speaks = " and ".join(sorted(i.upper() for i in backend.interfaces))
         others = [
@@ -211,8 +214,6 @@ def _check_compatible(backend: Backend, interface: Interface, sock: socket.socke
 
 
 def _with_interface(options: ServeOptions, interface: Interface) -> ServeOptions:
-    from dataclasses import replace
-
     return replace(options, interface=interface)
 
 
@@ -244,4 +245,6 @@ def _call_hook(target: str | None, what: str, settings: Settings) -> None:
     try:
         hook(settings)
     except Exception as exc:
-        raise AppLoadError(f"{what} {target} raised {type(exc).__name__}: {exc}") from exc
+        raise AppLoadError(
+            f"{what} {target} raised {type(exc).__name__}: {exc}"
+        ) from exc

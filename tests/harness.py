@@ -236,6 +236,7 @@ def run_cli(
     """Run the runner CLI to completion (for its error paths)."""
     return subprocess.run(  # type: ignore[call-overload, no-any-return]
         [*runner_command(), *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
