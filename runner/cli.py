@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from juggler.backends import registry
 from juggler.runner import serve
-from juggler.runner.errors import EXIT_OK, EXIT_USAGE, RunnerError
+from juggler.runner.errors import EXIT_OK, EXIT_USAGE, BootError, RunnerError
 from juggler.runner.logs import LOG_LEVELS, configure_logging
 
 SUBCOMMANDS = ("serve", "backends")
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list_backends()
 
     try:
-        configure_logging(args.log_level, args.log_output)
+        _configure_logging(args.log_level, args.log_output)
         settings = serve.settings_from_args(args, ADDRESS_FAMILIES, SOCKET_TYPES)
         if args.reload:
             from juggler.runner.reloader import run_with_reloader
@@ -177,6 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _configure_logging(level: str, output: str) -> None:
+    try:
+        configure_logging(level, output)
+    except OSError as exc:
+        raise BootError(f"cannot open --log-output {output}: {exc.strerror}") from None
 
 
 def _report(exc: RunnerError) -> None:

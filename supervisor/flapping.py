@@ -1,0 +1,59 @@
+"""The flapping policy: stop respawning a watcher whose processes keep dying
+young.
+
+Circus shipped this as a plugin with four settings, which juggler keeps
+(``FlappingConfig``): ``attempts``, ``window``, ``retry_in``, ``max_retry``.
+juggler reads them as follows:
+
+- a process *died young* when it exited unexpectedly before it was ready,
+  or within ``window`` seconds of its start;
+- ``attempts`` young deaths in a row make the watcher *flapping*: it is
+  stopped, rests ``retry_in`` seconds and is started again;
+- after ``max_retry`` flapping episodes in a row it gives up and stays
+  stopped (``max_retry = -1``: it never gives up);
+- a process that became ready and outlived ``window`` ends the streak.
+
+Circus counted every death within the window, so a few healthy workers
+killed in quick succession (by the OOM killer, say) stopped a whole
+watcher; counting only young deaths keeps such a watcher serving. A stop,
+restart or decrement asked by the operator never counts at all.
+
+Unlike Circus, where the policy only ran when the plugin was configured,
+juggler applies it to every watcher unless ``check_flapping = false`` or
+``flapping.active = false``.
+"""
+
+from __future__ import annotations
+
+from juggler.supervisor.config_model import FlappingConfig
+
+
+class FlappingDetector:
+    """Counts the young deaths of one watcher's processes."""
+
+    def __init__(self, policy: FlappingConfig) -> None:
+        self.policy = policy
+        self._young_deaths = 0
+        self.episodes = 0  # flapping episodes in a row
+
+    def record_death(self, *, young: bool) -> bool:
+        """Count one unexpected death; True if the watcher is now flapping."""
+        if not young:
+            self._young_deaths = 0
+            return False
+        self._young_deaths += 1
+        if not self.policy.enabled or self._young_deaths < self.policy.attempts:
+            return False
+        self._young_deaths = 0
+        self.episodes += 1
+        return True
+
+    def gave_up(self) -> bool:
+        """Whether the flapping episodes in a row exceeded ``max_retry``."""
+        limit = self.policy.max_retry
+        return limit >= 0 and self.episodes > limit
+
+    def record_healthy(self) -> None:
+        """A process became ready and stayed up: the streak is over."""
+        self._young_deaths = 0
+        self.episodes = 0

@@ -1,0 +1,255 @@
+"""One child process: spawn it, hear of its death at once, signal it safely.
+
+A child is started in its own process group (so a stop can reach whatever
+it started, and a Ctrl-C at the supervisor's terminal does not reach it),
+with the environment, working directory, rlimits, groups, uid/gid and umask
+its watcher asks for, and a parent-death signal so that it cannot outlive a
+supervisor killed with SIGKILL.
+
+Its death is seen through a pidfd registered with the event loop: the loop
+wakes the moment the child exits, with no polling interval and no SIGCHLD
+handler. Signals go through the same pidfd (``pidfd_send_signal``), and the
+pidfd is closed once the child is reaped, so a signal can never reach a
+recycled pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import pwd
+import resource
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from juggler.supervisor.errors import SpawnError
+
+log = logging.getLogger("juggler.supervisor")
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    """Everything needed to start one process, already rendered for its wid."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    executable: str | None = None
+    cwd: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
+    rlimits: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    pass_fds: tuple[int, ...] = ()
+    # None: inherit the supervisor's stream; "devnull": discard it.
+    stdout: str | None = None
+    stderr: str | None = None
+
+
+def exit_description(status: int) -> str:
+    """``status=1`` or ``signal=SIGKILL`` from a waitpid status."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        return f"signal={_signal_name(signum)}"
+    return f"status={os.waitstatus_to_exitcode(status)}"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+class Process:
+    """A running child, known by its watcher name, ``wid`` and ``pid``."""
+
+    def __init__(
+        self,
+        watcher: str,
+        wid: int,
+        popen: subprocess.Popen[bytes],
+        pidfd: int,
+        notify: NotifyChannel | None,
+    ) -> None:
+        self.watcher = watcher
+        self.wid = wid
+        self.pid = popen.pid
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.exit_status: int | None = None
+        self.stopping = False  # a stop was asked: its exit is expected
+        self._popen = popen
+        self._pidfd: int | None = pidfd
+        self.notify = notify
+        self.exited = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return f"{self.watcher}[{self.wid}] pid={self.pid}"
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_status is None
+
+    def age(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def send_signal(self, signum: int, *, group: bool = False) -> bool:
+        """Signal the child (or its whole group); False if already reaped."""
+        if self._pidfd is None:
+            return False
+        try:
+            if group:
+                os.killpg(self.pid, signum)
+            else:
+                signal.pidfd_send_signal(self._pidfd, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _on_pidfd_readable(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 255 << 8  # reaped elsewhere: unknown
+        if pid == 0:
+            return  # spurious wake-up; the child still runs
+        self._reaped(status)
+
+    def _reaped(self, status: int) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._pidfd is not None
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        self.exit_status = status
+        self._popen.returncode = os.waitstatus_to_exitcode(status)
+        if self.notify is not None:
+            self.notify.close()
+        if not self.exited.done():
+            self.exited.set_result(status)
+
+    def exit_code(self) -> int | None:
+        """The exit code, or None if it died of a signal or still runs."""
+        if self.exit_status is None or os.WIFSIGNALED(self.exit_status):
+            return None
+        return os.waitstatus_to_exitcode(self.exit_status)
+
+
+class NotifyChannel:
+    """A private sd_notify socket for one child: it learns READY=1 here."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.setblocking(False)
+        self.ready = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_message)
+
+    def _on_message(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while True:
+                data = self.sock.recv(4096)
+                lines = data.decode(errors="replace").splitlines()
+                if "READY=1" in lines and not self.ready.done():
+                    self.ready.set_result(None)
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        if not self.ready.done():
+            self.ready.cancel()
+
+
+def spawn(
+    watcher: str,
+    wid: int,
+    spec: SpawnSpec,
+    notify_path: str | None = None,
+) -> Process:
+    """Start one child; raise ``SpawnError`` with a one-line cause."""
+    loop = asyncio.get_running_loop()
+    notify = NotifyChannel(notify_path) if notify_path else None
+    env = dict(spec.env)
+    if notify is not None:
+        env["NOTIFY_SOCKET"] = notify.path
+    try:
+        popen = subprocess.Popen(
+            spec.argv,
+            executable=spec.executable,
+            env=env,
+            cwd=spec.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=_stream_target(spec.stdout),
+            stderr=_stream_target(spec.stderr),
+            pass_fds=spec.pass_fds,
+            process_group=0,
+            # The arbiter is single-threaded, so preexec_fn is safe here; it
+            # is the only way to order rlimits, credentials and PDEATHSIG.
+            preexec_fn=_child_setup(spec, os.getpid()),  # noqa: PLW1509
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        if notify is not None:
+            notify.close()
+        raise SpawnError(
+            f"{watcher}[{wid}]: cannot start {spec.argv[0]}: {exc}"
+        ) from exc
+    pidfd = os.pidfd_open(popen.pid)
+    process = Process(watcher, wid, popen, pidfd, notify)
+    loop.add_reader(pidfd, process._on_pidfd_readable)
+    return process
+
+
+def _stream_target(kind: str | None) -> int | None:
+    return subprocess.DEVNULL if kind == "devnull" else None
+
+
+def _child_setup(spec: SpawnSpec, supervisor_pid: int) -> Callable[[], None]:
+    """The code run in the child between fork and exec.
+
+    Order matters: rlimits first (raising a hard limit needs root), then the
+    groups, gid and uid, then the parent-death signal, because the kernel
+    clears that signal whenever the credentials change.
+    """
+    user = _user_name(spec.uid)
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setup() -> None:
+        for resource_id, limits in spec.rlimits.items():
+            resource.setrlimit(resource_id, limits)
+        if spec.gid is not None:
+            if user is not None:
+                os.initgroups(user, spec.gid)
+            else:
+                os.setgroups([spec.gid])
+            os.setresgid(spec.gid, spec.gid, spec.gid)
+        if spec.uid is not None:
+            os.setresuid(spec.uid, spec.uid, spec.uid)
+        if spec.umask is not None:
+            os.umask(spec.umask)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != supervisor_pid:
+            os._exit(1)  # the supervisor died while we were starting
+
+    return setup
+
+
+def _user_name(uid: int | None) -> str | None:
+    if uid is None:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None

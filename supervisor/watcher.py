@@ -1,0 +1,456 @@
+"""A watcher: a named command, the N processes that run it, and its states.
+
+States::
+
+    stopped --start--> starting --all ready--> running --stop--> stopping
+       ^                                         |  ^                 |
+       |                      processes die fast |  | retry_in passed |
+       |                                         v  |                 |
+       +---------------- gave up ------------- flapping               |
+       +--------------------------------------------------------------+
+
+While *running*, the watcher keeps ``numprocesses`` processes alive: a
+process that dies unexpectedly is respawned at once (consecutive fast
+deaths back off), and the flapping policy stops a watcher that keeps dying.
+A worker that exits with the runner's "cannot boot" (3) or "app failed to
+load" (4) codes would fail the same way again, so it is not respawned until
+``retry_in`` has passed.
+
+Every step that waits for a new process (rolling restart, max_age recycling,
+incr) waits until it is *ready*: it sent READY=1 on its notify socket
+(``ready = notify``), or survived ``warmup_delay`` (``ready = warmup``), or at
+once (``ready = none``). A replacement that never becomes ready is stopped
+and the old process keeps serving.
+
+Operator commands on one watcher are serialised by its own lock; different
+watchers never wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+
+from juggler.supervisor import process as proc
+from juggler.supervisor.config_model import WatcherConfig
+from juggler.supervisor.errors import SpawnError
+from juggler.supervisor.events import EventBus
+from juggler.supervisor.flapping import FlappingDetector
+from juggler.supervisor.process import Process, SpawnSpec, exit_description
+
+log = logging.getLogger("juggler.supervisor")
+
+# Exit codes of the runner that mean "respawning now would fail again".
+HOPELESS_EXIT_CODES = {3: "cannot boot", 4: "app failed to load"}
+# A process that lived less than this died "fast"; fast deaths back off.
+FAST_DEATH_SECONDS = 1.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+
+
+class WatcherState(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FLAPPING = "flapping"
+
+
+class RestartFailed(Exception):
+    """A new process did not become ready; the old ones keep serving."""
+
+
+class Watcher:
+    """Keeps a command's processes alive, and changes them when asked."""
+
+    def __init__(
+        self,
+        config: WatcherConfig,
+        spawn_spec: Callable[[int], SpawnSpec],
+        runtime_dir: str,
+        events: EventBus,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.numprocesses = config.numprocesses
+        self.state = WatcherState.STOPPED
+        self.processes: dict[int, Process] = {}
+        self.restarts = 0
+        self._spawn_spec = spawn_spec
+        self._runtime_dir = runtime_dir
+        self._events = events
+        self._flapping = FlappingDetector(config.flapping)
+        self._fast_deaths = 0
+        self._spawn_failures = 0
+        self._lock = asyncio.Lock()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- operator commands -------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the processes and wait until they are ready."""
+        async with self._lock:
+            await self._start()
+
+    async def stop(self) -> None:
+        """Stop every process gracefully, SIGKILL after graceful_timeout."""
+        async with self._lock:
+            await self._stop()
+
+    async def restart(self, *, rolling: bool = True) -> None:
+        """Replace every process; rolling: each new one ready first."""
+        async with self._lock:
+            if not rolling or self.state != WatcherState.RUNNING:
+                await self._stop()
+                await self._start()
+                return
+            for old in sorted(self._serving(), key=lambda p: p.wid):
+                await self._replace(old)
+            self._reconcile()
+
+    async def set_numprocesses(self, count: int) -> None:
+        """Change the number of processes; new ones are ready on return."""
+        async with self._lock:
+            self.numprocesses = max(0, count)
+            if self.state != WatcherState.RUNNING:
+                return
+            extra = sorted(self._serving(), key=lambda p: p.wid)[self.numprocesses :]
+            await asyncio.gather(*(self._stop_process(p) for p in extra))
+            await self._wait_all_ready(self._reconcile(watch=False))
+
+    def signal(self, signum: int, *, children: bool = False) -> int:
+        """Send a signal to every process; return how many got it."""
+        return sum(p.send_signal(signum, group=children) for p in self._serving())
+
+    # -- starting and stopping ----------------------------------------------
+
+    async def _start(self) -> None:
+        if self.state == WatcherState.RUNNING:
+            return
+        self._cancel_timers()
+        self._set_state(WatcherState.STARTING)
+        started = [self._spawn() for _ in range(self.numprocesses)]
+        await self._wait_all_ready([p for p in started if p is not None])
+        if self.state == WatcherState.STARTING:
+            self._set_state(WatcherState.RUNNING)
+
+    async def _stop(self) -> None:
+        self._cancel_timers()
+        if self.state == WatcherState.STOPPED and not self.processes:
+            return
+        self._set_state(WatcherState.STOPPING)
+        await asyncio.gather(
+            *(self._stop_process(p) for p in list(self.processes.values()))
+        )
+        self._set_state(WatcherState.STOPPED)
+
+    async def _stop_process(self, process: Process) -> None:
+        """Stop one process: stop_signal, then SIGKILL after the timeout."""
+        if not process.alive:
+            return
+        process.stopping = True
+        timeout = self.config.graceful_timeout
+        process.send_signal(self.config.stop_signal, group=self.config.stop_children)
+        try:
+            await asyncio.wait_for(asyncio.shield(process.exited), timeout)
+        except TimeoutError:
+            log.error("killed: %r after graceful_timeout=%gs", process, timeout)
+            process.send_signal(signal.SIGKILL, group=True)
+            await process.exited
+
+    async def _replace(self, old: Process) -> None:
+        """Start a successor for ``old``; stop ``old`` once it is ready."""
+        new = self._spawn()
+        if new is None or not await self._wait_ready(new):
+            if new is not None:
+                await self._stop_process(new)
+            raise RestartFailed(
+                f"{self.name}: a new process did not become ready; "
+                f"{old!r} keeps serving"
+            )
+        await self._stop_process(old)
+
+    # -- processes -----------------------------------------------------------
+
+    def _serving(self) -> list[Process]:
+        return [p for p in self.processes.values() if p.alive and not p.stopping]
+
+    def _free_wid(self) -> int:
+        used = {p.wid for p in self.processes.values()}
+        return next(wid for wid in range(1, len(used) + 2) if wid not in used)
+
+    def _spawn(self) -> Process | None:
+        wid = self._free_wid()
+        notify_path = None
+        if self.config.ready == "notify":
+            notify_path = os.path.join(
+                self._runtime_dir, f"{self.name}.{wid}.{time.monotonic_ns()}"
+            )
+        try:
+            process = proc.spawn(self.name, wid, self._spawn_spec(wid), notify_path)
+        except SpawnError as exc:
+            self._on_spawn_failed(wid, exc)
+            return None
+        self._spawn_failures = 0
+        self.processes[process.pid] = process
+        process.exited.add_done_callback(lambda _: self._on_exit(process))
+        log.info("spawned: %r", process)
+        self._events.emit("spawn", watcher=self.name, wid=wid, pid=process.pid)
+        return process
+
+    def _on_spawn_failed(self, wid: int, exc: SpawnError) -> None:
+        """Retry with back-off; give up after ``max_retry`` failures in a row."""
+        self._spawn_failures += 1
+        self._events.emit("spawn_failed", watcher=self.name, wid=wid, error=str(exc))
+        limit = self.config.max_retry
+        if 0 <= limit < self._spawn_failures:
+            log.error("spawn failed: %s; gave up after max_retry=%d", exc, limit)
+            self._spawn_task(self.stop())
+            return
+        delay = min(BACKOFF_FIRST * 2 ** (self._spawn_failures - 1), BACKOFF_MAX)
+        log.error("spawn failed: %s; retrying in %.1fs", exc, delay)
+        self._schedule(delay, self._reconcile)
+
+    async def _wait_ready(self, process: Process) -> bool:
+        """Wait until ``process`` is up as the ``ready`` option says."""
+        mode, timeout = self.config.ready, self.config.ready_timeout
+        if mode == "notify" and process.notify is not None:
+            waited = {process.notify.ready, process.exited}
+            done, _ = await asyncio.wait(
+                waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            ok = process.notify.ready in done and process.alive
+        elif mode == "warmup":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(process.exited), self.config.warmup_delay
+                )
+            ok = process.alive
+        else:
+            ok = process.alive
+        if ok:
+            self._on_ready(process)
+        elif process.alive and not process.stopping:
+            log.error(
+                "not ready: %r after ready_timeout=%gs; stopping it", process, timeout
+            )
+        return ok
+
+    async def _wait_all_ready(self, processes: list[Process]) -> None:
+        await asyncio.gather(*(self._watch_readiness(p) for p in processes))
+
+    def _on_ready(self, process: Process) -> None:
+        process.ready_at = time.monotonic()
+        log.info(
+            "ready: %r after %.3fs", process, process.ready_at - process.started_at
+        )
+        self._events.emit("ready", watcher=self.name, wid=process.wid, pid=process.pid)
+        self._fast_deaths = 0
+        # The streak of young deaths ends once a ready process outlives window.
+        self._schedule(
+            self.config.flapping.window,
+            lambda: self._end_young_streak(process),
+        )
+        if self.config.max_age > 0:
+            age = self.config.max_age + random.uniform(0, self.config.max_age_variance)
+            self._schedule(age, lambda: self._spawn_task(self._recycle(process)))
+
+    def _end_young_streak(self, process: Process) -> None:
+        if process.alive:
+            self._flapping.record_healthy()
+
+    async def _recycle(self, process: Process) -> None:
+        if not process.alive or process.stopping or self.state != WatcherState.RUNNING:
+            return
+        log.info("recycling: %r after max_age=%gs", process, self.config.max_age)
+        async with self._lock:
+            try:
+                await self._replace(process)
+            except RestartFailed as exc:
+                log.error("recycling failed: %s", exc)
+
+    # -- deaths, respawns, flapping ------------------------------------------
+
+    def _on_exit(self, process: Process) -> None:
+        self.processes.pop(process.pid, None)
+        assert process.exit_status is not None
+        how = exit_description(process.exit_status)
+        self._events.emit(
+            "exit",
+            watcher=self.name,
+            wid=process.wid,
+            pid=process.pid,
+            how=how,
+            expected=process.stopping,
+        )
+        if process.stopping:
+            log.info("exited: %r %s (stopped)", process, how)
+            return
+        self._log_unexpected_exit(process, how)
+        if self.state not in (WatcherState.RUNNING, WatcherState.STARTING):
+            return
+        if not self.config.respawn:
+            return
+        self._after_unexpected_exit(process)
+
+    def _log_unexpected_exit(self, process: Process, how: str) -> None:
+        status = process.exit_status
+        assert status is not None
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            log.error(
+                "exited: %r %s (unexpected; out of memory, or killed by hand?)",
+                process,
+                how,
+            )
+        else:
+            log.warning("exited: %r %s (unexpected)", process, how)
+
+    def _after_unexpected_exit(self, process: Process) -> None:
+        self.restarts += 1
+        hopeless = HOPELESS_EXIT_CODES.get(process.exit_code() or 0)
+        young = process.ready_at is None or process.age() < self.config.flapping.window
+        if self._flapping.record_death(young=young) or hopeless:
+            self._enter_flapping(hopeless)
+            return
+        fast = process.age() < FAST_DEATH_SECONDS
+        self._fast_deaths = self._fast_deaths + 1 if fast else 0
+        delay = self._backoff_delay()
+        if delay:
+            log.info(
+                "respawn: %s in %.1fs after %d fast deaths",
+                self.name,
+                delay,
+                self._fast_deaths,
+            )
+            self._schedule(delay, self._reconcile)
+        else:
+            self._reconcile()
+
+    def _backoff_delay(self) -> float:
+        if self._fast_deaths < 2:
+            return 0.0
+        return float(min(BACKOFF_FIRST * 2 ** (self._fast_deaths - 2), BACKOFF_MAX))
+
+    def _enter_flapping(self, hopeless: str | None) -> None:
+        policy = self.config.flapping
+        if hopeless:
+            log.error(
+                "flapping: %s exited with %s; retrying in %gs",
+                self.name,
+                hopeless,
+                policy.retry_in,
+            )
+        if self._flapping.gave_up():
+            log.error(
+                "flapping: %s gave up after max_retry=%d; stopping it",
+                self.name,
+                policy.max_retry,
+            )
+            self._events.emit("flapping", watcher=self.name, gave_up=True)
+            self._spawn_task(self._stop_flapping(retry=False))
+            return
+        log.warning(
+            "flapping: %s: %d deaths within %gs; retrying in %gs",
+            self.name,
+            policy.attempts,
+            policy.window,
+            policy.retry_in,
+        )
+        self._events.emit("flapping", watcher=self.name, gave_up=False)
+        self._spawn_task(self._stop_flapping(retry=True))
+
+    async def _stop_flapping(self, *, retry: bool) -> None:
+        async with self._lock:
+            await self._stop()
+            if retry:
+                self._set_state(WatcherState.FLAPPING)
+                self._schedule(
+                    self.config.flapping.retry_in,
+                    lambda: self._spawn_task(self.start()),
+                )
+
+    def _reconcile(self, *, watch: bool = True) -> list[Process]:
+        """Spawn what is missing to reach numprocesses; return the new ones.
+
+        With ``watch``, a background task waits for each to be ready; the
+        caller waits itself otherwise.
+        """
+        if self.state not in (WatcherState.RUNNING, WatcherState.STARTING):
+            return []
+        missing = self.numprocesses - len(self._serving())
+        spawned = [self._spawn() for _ in range(max(0, missing))]
+        new = [p for p in spawned if p is not None]
+        if watch:
+            for process in new:
+                self._spawn_task(self._watch_readiness(process))
+        return new
+
+    async def _watch_readiness(self, process: Process) -> None:
+        """Wait for ``process`` to be ready; a laggard is stopped and counts
+        as a death nobody asked for."""
+        if await self._wait_ready(process) or not process.alive:
+            return
+        await self._stop_process(process)
+        if self.state == WatcherState.RUNNING and self.config.respawn:
+            self._after_unexpected_exit(process)
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _set_state(self, state: WatcherState) -> None:
+        if state != self.state:
+            log.debug("state: %s %s -> %s", self.name, self.state, state)
+            self.state = state
+            self._events.emit("state", watcher=self.name, state=str(state))
+
+    def _schedule(self, delay: float, callback: Callable[[], object]) -> None:
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            callback()
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _cancel_timers(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+
+    def _spawn_task(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "%s: background step failed", self.name, exc_info=task.exception()
+            )
+
+    def status(self) -> dict[str, object]:
+        """A snapshot for ``juggler status``."""
+        return {
+            "name": self.name,
+            "state": str(self.state),
+            "numprocesses": self.numprocesses,
+            "restarts": self.restarts,
+            "processes": [
+                {
+                    "wid": p.wid,
+                    "pid": p.pid,
+                    "age": round(p.age(), 3),
+                    "ready": p.ready_at is not None,
+                }
+                for p in sorted(self.processes.values(), key=lambda p: p.wid)
+            ],
+        }
