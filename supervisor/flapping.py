@@ -48,6 +48,11 @@ class FlappingDetector:
         self.episodes += 1
         return True
 
+    def record_episode(self) -> None:
+        """Count an episode without deaths to count: a hopeless exit code."""
+        self._young_deaths = 0
+        self.episodes += 1
+
     def gave_up(self) -> bool:
         """Whether the flapping episodes in a row exceeded ``max_retry``."""
         limit = self.policy.max_retry

@@ -315,9 +315,16 @@ class Watcher:
     def _after_unexpected_exit(self, process: Process) -> None:
         self.restarts += 1
         hopeless = HOPELESS_EXIT_CODES.get(process.exit_code() or 0)
+        if hopeless:
+            # Respawning now would fail the same way: rest like a flapping
+            # watcher, whatever the count of deaths.
+            self._flapping.record_episode()
+            self._enter_flapping(f"exited with {hopeless}")
+            return
         young = process.ready_at is None or process.age() < self.config.flapping.window
-        if self._flapping.record_death(young=young) or hopeless:
-            self._enter_flapping(hopeless)
+        if self._flapping.record_death(young=young):
+            policy = self.config.flapping
+            self._enter_flapping(f"{policy.attempts} processes died young in a row")
             return
         fast = process.age() < FAST_DEATH_SECONDS
         self._fast_deaths = self._fast_deaths + 1 if fast else 0
@@ -338,33 +345,26 @@ class Watcher:
             return 0.0
         return float(min(BACKOFF_FIRST * 2 ** (self._fast_deaths - 2), BACKOFF_MAX))
 
-    def _enter_flapping(self, hopeless: str | None) -> None:
+    def _enter_flapping(self, reason: str) -> None:
+        """Stop the watcher; start it again after retry_in unless it gave up."""
+        # Set at once, so that the deaths of its other processes, reported
+        # before the stop below has run, do not start a second episode.
+        self._set_state(WatcherState.FLAPPING)
         policy = self.config.flapping
-        if hopeless:
+        gave_up = self._flapping.gave_up()
+        if gave_up:
             log.error(
-                "flapping: %s exited with %s; retrying in %gs",
+                "flapping: %s %s; gave up after max_retry=%d, stopping it",
                 self.name,
-                hopeless,
-                policy.retry_in,
-            )
-        if self._flapping.gave_up():
-            log.error(
-                "flapping: %s gave up after max_retry=%d; stopping it",
-                self.name,
+                reason,
                 policy.max_retry,
             )
-            self._events.emit("flapping", watcher=self.name, gave_up=True)
-            self._spawn_task(self._stop_flapping(retry=False))
-            return
-        log.warning(
-            "flapping: %s: %d deaths within %gs; retrying in %gs",
-            self.name,
-            policy.attempts,
-            policy.window,
-            policy.retry_in,
-        )
-        self._events.emit("flapping", watcher=self.name, gave_up=False)
-        self._spawn_task(self._stop_flapping(retry=True))
+        else:
+            log.error(
+                "flapping: %s %s; retrying in %gs", self.name, reason, policy.retry_in
+            )
+        self._events.emit("flapping", watcher=self.name, gave_up=gave_up)
+        self._spawn_task(self._stop_flapping(retry=not gave_up))
 
     async def _stop_flapping(self, *, retry: bool) -> None:
         async with self._lock:

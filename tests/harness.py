@@ -243,3 +243,124 @@ def run_cli(
         cwd=kwargs.pop("cwd", APPS_DIR),
         **kwargs,
     )
+
+
+def juggler_command() -> list[str]:
+    script = Path(sys.executable).with_name("juggler")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("juggler")
+    return [found] if found else [sys.executable, "-m", "juggler.supervisor.cli"]
+
+
+class SupervisorProcess:
+    """A real ``juggler CONFIG`` in its own session, its log in a file.
+
+    The config text may use ``{tmp}`` (a private folder for socket paths and
+    marker files), ``{apps}`` (tests/apps) and ``{python}`` (this
+    interpreter); the environment's PATH leads to this venv's ``runner``.
+    """
+
+    def __init__(self, config: str, *, extra_args: Sequence[str] = ()) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="juggler-sup-")
+        self.config_path = os.path.join(self.tmp, "juggler.ini")
+        with open(self.config_path, "w") as f:
+            f.write(self.render(config))
+        self.log_path = os.path.join(self.tmp, "juggler.log")
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def render(self, text: str) -> str:
+        return text.format(tmp=self.tmp, apps=APPS_DIR, python=sys.executable)
+
+    def write_config(self, config: str) -> None:
+        with open(self.config_path, "w") as f:
+            f.write(self.render(config))
+
+    def start(
+        self, wait: str | None = "started:", timeout: float = DEFAULT_DEADLINE
+    ) -> None:
+        bindir = str(Path(sys.executable).parent)
+        env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*juggler_command(), *self.extra_args, self.config_path],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.tmp,
+                start_new_session=True,
+            )
+        if wait:
+            self.wait_log(wait, timeout=timeout)
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def wait_log(
+        self, text: str, count: int = 1, timeout: float = DEFAULT_DEADLINE
+    ) -> str:
+        """Wait until ``text`` appears ``count`` times in the log."""
+
+        def seen() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                code = self.proc.returncode
+                raise AssertionError(
+                    f"juggler exited {code} before {text!r}:\n{self.log()}"
+                )
+            return self.log().count(text) >= count
+
+        try:
+            wait_for(seen, timeout=timeout, message=repr(text))
+        except TimeoutError:
+            raise AssertionError(
+                f"no {text!r} x{count} in log:\n{self.log()}"
+            ) from None
+        return self.log()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        """Pids of the supervisor's direct children."""
+        import psutil
+
+        return sorted(p.pid for p in psutil.Process(self.pid).children())
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float = DEFAULT_DEADLINE) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        code = None
+        if self.proc is not None:
+            code = stop_group(self.proc, timeout)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return code
+
+
+def http_get(
+    address: str | tuple[str, int], path: str = "/", timeout: float = 10.0
+) -> tuple[int, bytes]:
+    """One GET on a fresh connection to a UNIX path or (host, port)."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        client.connect(address)
+        client.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := client.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, body
