@@ -72,6 +72,15 @@ class HeadLimits:
     max_header_count: int = 100
     max_header_size: int = 8190
 
+    @property
+    def max_head_size(self) -> int:
+        """One bound on a whole head, for parsers (h11) that have no other.
+
+        Room for the longest request line plus four of the longest header
+        fields: the 4 x 8 KiB that nginx's large_client_header_buffers gives.
+        """
+        return self.max_request_line + 4 * self.max_header_size
+
 
 @dataclass(frozen=True)
 class ServeOptions:

@@ -17,8 +17,12 @@ import contextlib
 import os
 import select
 import signal
+from collections.abc import Callable
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    import asyncio
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -41,6 +45,11 @@ class StopRequest:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_stop_signal)
         signal.signal(signal.SIGQUIT, self._on_quit_signal)
+        # The kernel may deliver a signal to any thread. Python then runs the
+        # handler only once the main thread executes bytecode, which it never
+        # does while blocked in wait(); the C-level handler's write to this
+        # pipe, made from whichever thread took the signal, wakes it.
+        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None and signum == signal.SIGINT:
@@ -57,6 +66,23 @@ class StopRequest:
     def trigger(self, signum: int = signal.SIGTERM) -> None:
         """Request a stop from code (a vanished parent, a test)."""
         self._on_stop_signal(signum, None)
+
+    def call_on_loop(
+        self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]
+    ) -> None:
+        """Have ``loop`` call ``callback`` once, when the first stop arrives.
+
+        For asyncio backends. The handlers stay the ones above, so a second
+        SIGINT or a SIGQUIT exits at once even while the app blocks the loop.
+        """
+
+        def on_wake_up() -> None:
+            os.read(self._read_fd, 1)
+            if self.signum is not None:
+                loop.remove_reader(self._read_fd)
+                callback()
+
+        loop.add_reader(self._read_fd, on_wake_up)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until a stop is requested; return its signal number.

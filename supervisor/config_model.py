@@ -83,16 +83,18 @@ class HookConfig:
 class FlappingConfig:
     """When to give up on a watcher whose processes keep dying at once.
 
-    Circus did this in its ``circus.plugins.flapping.Flapping`` plugin; a
-    ``[plugin:...]`` section using it turns the built-in policy on for every
-    watcher, with the plugin's keys as defaults that a watcher overrides
-    with ``flapping.KEY``.
+    Circus did this in its ``circus.plugins.flapping.Flapping`` plugin, off
+    unless configured; juggler applies it to every watcher by default (see
+    ``flapping.py`` for how deaths are counted). A ``[plugin:...]`` section
+    using Circus's plugin sets the defaults that a watcher overrides with
+    ``flapping.KEY``; ``flapping.active = false`` or ``check_flapping =
+    false`` turns it off.
     """
 
     enabled: Annotated[
         bool,
-        Opt("bool", "on when the flapping plugin is configured", key="active"),
-    ] = False
+        Opt("bool", "apply the policy (juggler: on by default)", key="active"),
+    ] = True
     attempts: Annotated[
         int, Opt("int", "deaths within window that count as flapping")
     ] = 2

@@ -111,7 +111,7 @@ def test_flapping_and_arbiter_defaults_are_circus_defaults() -> None:
     flapping = FlappingConfig()
     assert (flapping.attempts, flapping.window) == (2, 1.0)
     assert (flapping.retry_in, flapping.max_retry) == (7.0, 5)
-    assert flapping.enabled is False  # Circus: only with the plugin
+    assert flapping.enabled is True  # juggler: on by default; Circus: plugin only
     arbiter = ArbiterConfig(path="x")
     assert (arbiter.warmup_delay, arbiter.debug, arbiter.umask) == (0.0, False, None)
     assert (arbiter.pidfile, arbiter.loglevel, arbiter.logoutput) == (None,) * 3
