@@ -28,7 +28,13 @@ from juggler.runner.app import (
     load_app,
     parse_spec,
 )
-from juggler.runner.errors import EXIT_OK, AppLoadError, BootError, UsageError
+from juggler.runner.errors import (
+    EXIT_OK,
+    AppLoadError,
+    BootError,
+    RunnerError,
+    UsageError,
+)
 from juggler.runner.notify import Notifier
 
 log = logging.getLogger("juggler.runner")
@@ -200,9 +206,7 @@ def _check_compatible(
     if interface not in backend.interfaces:
         speaks = " and ".join(sorted(i.upper() for i in backend.interfaces))
         others = [
-            name
-            for name in registry.BUILTIN
-            if interface in registry.load(name).interfaces
+            name for name in registry.BUILTIN if interface in _interfaces_of(name)
         ]
         raise BootError(
             f"backend {backend.name} serves {speaks} apps only and the app is "
@@ -211,6 +215,14 @@ def _check_compatible(
         )
     if sock.family == socket.AF_UNIX and not backend.supports_unix:
         raise BootError(f"backend {backend.name} cannot serve a UNIX socket")
+
+
+def _interfaces_of(name: str) -> frozenset[str]:
+    """The interfaces a backend speaks; none if its adapter cannot load."""
+    try:
+        return frozenset(registry.load(name).interfaces)
+    except RunnerError:
+        return frozenset()
 
 
 def _with_interface(options: ServeOptions, interface: Interface) -> ServeOptions:

@@ -1,0 +1,1 @@
+"""Tests of the backend adapters (a package: unique test module names)."""
