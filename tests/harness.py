@@ -110,6 +110,7 @@ class RunnerProcess:
         self.family = family
         self.extra_args = list(extra_args)
         self.env = env or {}
+        self.cwd: str | None = None
         self.tmpdir = tempfile.mkdtemp(prefix="juggler-test-")
         self.sock: socket.socket | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -261,13 +262,21 @@ class SupervisorProcess:
     interpreter); the environment's PATH leads to this venv's ``runner``.
     """
 
-    def __init__(self, config: str, *, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        config: str,
+        *,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp = tempfile.mkdtemp(prefix="juggler-sup-")
         self.config_path = os.path.join(self.tmp, "juggler.ini")
         with open(self.config_path, "w") as f:
             f.write(self.render(config))
         self.log_path = os.path.join(self.tmp, "juggler.log")
         self.extra_args = list(extra_args)
+        self.env = env or {}
+        self.cwd: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
     def render(self, text: str) -> str:
@@ -281,7 +290,8 @@ class SupervisorProcess:
         self, wait: str | None = "started:", timeout: float = DEFAULT_DEADLINE
     ) -> None:
         bindir = str(Path(sys.executable).parent)
-        env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
+        path = f"{bindir}:{os.environ.get('PATH', '')}"
+        env = {**os.environ, "PATH": path, **self.env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [*juggler_command(), *self.extra_args, self.config_path],
@@ -289,7 +299,7 @@ class SupervisorProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=self.tmp,
+                cwd=self.cwd or self.tmp,
                 start_new_session=True,
             )
         if wait:
