@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps 'meinheld==1.0.2'
 	touch $@
 
+# The supervisor serving the demo app with four workers on 127.0.0.1:8000.
 demo: setup
-	$(BIN)/python examples/demo.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/juggler examples/demo.ini
 
 # System packages the tests drive for real: nginx, wrk, redis-server.
 sysdeps:
