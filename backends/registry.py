@@ -14,7 +14,6 @@ Nothing is imported until ``load`` is called for one name: importing gevent
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from juggler.backends.base import Backend
 from juggler.runner.errors import BootError, UsageError
@@ -36,6 +35,10 @@ DEFAULT_FOR_INTERFACE = {"wsgi": "wsgiref", "asgi": "uvicorn"}
 
 
 def _third_party() -> dict[str, str]:
+    # Imported here: importlib.metadata costs a worker ~25 ms at boot, and a
+    # built-in backend never needs it.
+    from importlib.metadata import entry_points
+
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 

@@ -1,0 +1,1 @@
+"""The conformance corpus every backend runs (a package: unique test names)."""

@@ -1,0 +1,82 @@
+"""What a backend cannot do, and what each one does where HTTP lets it choose.
+
+KNOWN_LIMITS turns an exchange into a strict xfail for one backend (and,
+with a third key, one socket family): the limitation shows in every run,
+and the test fails the day the limitation disappears, so the entry gets
+removed. An entry is written only from a failure that was understood and
+traced to the server itself (the same behaviour with the bare server, or
+the line of its source that causes it); a failure in our own adapter is a
+bug to fix, never an entry here.
+
+Keys: (backend, exchange) or (backend, exchange, family).
+"""
+
+from __future__ import annotations
+
+_HEAD_BODY = (
+    "{server} writes the app's body after a HEAD response, as WSGI leaves "
+    "HEAD to the app; a keep-alive client then reads the body as the next "
+    "status line. Seen with the bare server too. Fixing it takes a wrapper "
+    "in the runner that drops the body of HEAD responses."
+)
+_HTTP_SERVER_PARSER = (
+    "{server} parses the head with the email package (as http.client does), "
+    "which takes a line without a colon for the end of the head: the request "
+    "is served (200) and the header fields after that line are dropped. Seen "
+    "with the bare server too. Fixing it means checking each header line "
+    "before the email parser sees it."
+)
+_WERKZEUG_CLOSES = (
+    "werkzeug answers every request with Connection: close, then reads the "
+    "connection until the client closes it or the idle timeout ends "
+    "(werkzeug/serving.py, run_wsgi: the loop that discards unread input), "
+    "so a second request on the connection gets neither an answer nor a close."
+)
+
+KNOWN_LIMITS: dict[tuple[str, ...], str] = {
+    ("gevent", "head"): _HEAD_BODY.format(server="gevent.pywsgi"),
+    ("waitress", "head"): _HEAD_BODY.format(server="waitress"),
+    ("werkzeug", "head"): _HEAD_BODY.format(server="werkzeug"),
+    ("meinheld", "head"): _HEAD_BODY.format(server="meinheld 1.0.2")
+    + " meinheld's is_no_body() only keeps Transfer-Encoding off.",
+    ("gevent", "malformed_header"): _HTTP_SERVER_PARSER.format(server="gevent.pywsgi"),
+    ("werkzeug", "malformed_header"): _HTTP_SERVER_PARSER.format(
+        server="http.server (under werkzeug)"
+    ),
+    ("werkzeug", "malformed_request_line"): (
+        "http.server answers a request line without an HTTP/x.y version in "
+        "HTTP/0.9 style: an HTML error page with no status line."
+    ),
+    ("werkzeug", "malformed_tls_hello"): (
+        "http.server answers bytes that are not a request line in HTTP/0.9 "
+        "style: an HTML error page with no status line."
+    ),
+    ("werkzeug", "keepalive"): _WERKZEUG_CLOSES,
+    ("werkzeug", "pipelining"): _WERKZEUG_CLOSES,
+    ("werkzeug", "keepalive_after_stream"): _WERKZEUG_CLOSES,
+    ("waitress", "keepalive_after_stream"): (
+        "waitress closes the connection after any HTTP/1.1 response without a "
+        "Content-Length (waitress/task.py, build_response_header), so a "
+        "streamed response costs a connection."
+    ),
+    ("werkzeug", "stream_http10"): (
+        "werkzeug chunks a response without Content-Length whenever its own "
+        "protocol_version is HTTP/1.1, whatever the request's version, so an "
+        "HTTP/1.0 client gets Transfer-Encoding: chunked, which it cannot "
+        "read (werkzeug/serving.py, run_wsgi, write). Fixing it means "
+        "checking request_version in the adapter's handler."
+    ),
+}
+
+# What PATH_INFO a server gives for /environ/a%2Fb. WSGI has only the
+# decoded path, so most servers cannot tell "a%2Fb" from "a/b"; RAW_URI (or
+# ASGI's raw_path) keeps the original where the server provides it.
+ENCODED_SLASH: dict[str, str] = {
+    "wsgiref": "/environ/a/b",
+    "gevent": "/environ/a/b",
+    "meinheld": "/environ/a/b",
+    "waitress": "/environ/a/b",
+    "werkzeug": "/environ/a/b",
+    "uvicorn": "/environ/a/b",
+    "hypercorn": "/environ/a/b",
+}
