@@ -23,17 +23,26 @@ supervisor's own streams, and every wait is an awaitable with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
 import shutil
 import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable
 
+from juggler.supervisor import endpoint
 from juggler.supervisor import sockets as sockets_mod
+from juggler.supervisor.commands import Commands
 from juggler.supervisor.config import ArbiterConfig, WatcherConfig
-from juggler.supervisor.errors import BindError, ConfigError
+from juggler.supervisor.control import ControlServer
+from juggler.supervisor.errors import (
+    BindError,
+    ConfigError,
+    SpawnError,
+    SupervisorError,
+)
 from juggler.supervisor.events import EventBus
 from juggler.supervisor.launch import spawn_spec_factory
 from juggler.supervisor.sockets import BoundSocket
@@ -47,13 +56,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 class Arbiter:
     """Owns the sockets, the watchers and the loop's reactions to signals."""
 
-    def __init__(self, config: ArbiterConfig, config_path: str | None = None) -> None:
+    def __init__(self, config: ArbiterConfig) -> None:
         self.config = config
-        self.config_path = config_path
         self.events = EventBus()
         self.sockets: dict[str, BoundSocket] = {}
         self.watchers: dict[str, Watcher] = {}
         self.runtime_dir = ""
+        self.control: ControlServer | None = None
+        self._control_path = ""
         self._signals: asyncio.Queue[int] = asyncio.Queue()
 
     # -- the loop ------------------------------------------------------------
@@ -67,6 +77,7 @@ class Arbiter:
         self.runtime_dir = tempfile.mkdtemp(prefix="juggler-")
         try:
             self.bind_sockets(self.config)
+            await self.start_control()
             await self.start_watchers()
             log.info(
                 "started: pid=%d watchers=%d sockets=%d",
@@ -110,37 +121,87 @@ class Arbiter:
             if config.autostart:
                 await watcher.start()
 
+    async def start_control(self) -> None:
+        """Listen for control commands (see control.py for who may)."""
+        # JUGGLER_ENDPOINT is where the CLI looks too when the config is silent.
+        where = endpoint.parse(
+            self.config.endpoint or os.environ.get("JUGGLER_ENDPOINT")
+        )
+        token = None
+        if where.kind == "tcp":
+            if self.config.token_file:
+                token = endpoint.read_token(self.config.token_file)
+            else:
+                token = endpoint.generate_token(where)
+                log.info(
+                    "control: token for %s is in %s", where, endpoint.token_path(where)
+                )
+        self.control = ControlServer(Commands(self).handle, self.events, token=token)
+        try:
+            if where.kind == "tcp":
+                await self.control.listen_tcp(where.host, where.port)
+            else:
+                await self._listen_unix_control(where.path)
+        except OSError as exc:
+            raise SupervisorError(f"control endpoint {where}: {exc}") from None
+
+    async def _listen_unix_control(self, path: str) -> None:
+        if endpoint.is_live(path):
+            raise SupervisorError(
+                f"control endpoint unix://{path} is in use by a running juggler; "
+                "give this one its own [circus] endpoint"
+            )
+        assert self.control is not None
+        await self.control.listen_unix(path)
+        self._control_path = path
+
+    def request_stop(self) -> None:
+        """Stop as on SIGTERM (the ``quit`` command)."""
+        self._signals.put_nowait(signal.SIGTERM)
+
+    def ordered_watchers(self) -> list[Watcher]:
+        """Watchers in priority order, highest first."""
+        return by_priority_watchers(self.watchers.values())
+
     async def shutdown(self) -> None:
         """Stop watchers in reverse priority, then close the sockets."""
-        for watcher in reversed(by_priority_watchers(self.watchers.values())):
+        if self.control is not None:
+            await self.control.close()
+        for watcher in reversed(self.ordered_watchers()):
             await watcher.stop()
         for bound in self.sockets.values():
             bound.close()
         self.sockets.clear()
         if self.runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        if self._control_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._control_path)
         log.info("stopped: pid=%d", os.getpid())
 
     # -- reload ----------------------------------------------------------------
 
-    async def reload_config(self) -> None:
-        """Re-read the config and apply the difference; keep it on errors."""
-        if self.config_path is None:
-            log.warning("reload: no config file to re-read")
-            return
+    async def reload_config(self) -> list[str]:
+        """Re-read the config and apply the difference; keep it on errors.
+
+        Returns the errors, if any (the running stack is left as it was for
+        a config error).
+        """
         from juggler.supervisor.config import load
 
         try:
-            new = load(self.config_path)
+            new = load(self.config.path)
         except ConfigError as exc:
             for message in exc.errors:
                 log.error("reload rejected: %s", message)
-            return
+            return list(exc.errors)
         try:
             await self.apply(new)
-        except (BindError, RestartFailed) as exc:
+        except (BindError, SpawnError, RestartFailed) as exc:
             log.error("reload incomplete: %s", exc)
-        self.events.emit("reload", path=self.config_path)
+            return [str(exc)]
+        self.events.emit("reload", path=new.path)
+        return []
 
     async def apply(self, new: ArbiterConfig) -> None:
         """Move the running stack from ``self.config`` to ``new``."""
@@ -199,13 +260,13 @@ def all_ready(watcher: Watcher) -> bool:
     )
 
 
-def by_priority(configs: object) -> list[WatcherConfig]:
+def by_priority(configs: Iterable[WatcherConfig]) -> list[WatcherConfig]:
     """Highest priority first, then by name, as Circus orders them."""
-    return sorted(configs, key=lambda c: (-c.priority, c.name))  # type: ignore[call-overload, no-any-return]
+    return sorted(configs, key=lambda c: (-c.priority, c.name))
 
 
-def by_priority_watchers(watchers: object) -> list[Watcher]:
-    return sorted(watchers, key=lambda w: (-w.config.priority, w.name))  # type: ignore[call-overload, no-any-return]
+def by_priority_watchers(watchers: Iterable[Watcher]) -> list[Watcher]:
+    return sorted(watchers, key=lambda w: (-w.config.priority, w.name))
 
 
 def raise_descriptor_limit() -> None:
@@ -216,9 +277,6 @@ def raise_descriptor_limit() -> None:
         log.debug("descriptor limit raised from %d to %d", soft, hard)
 
 
-def run(config: ArbiterConfig, config_path: str | None = None) -> int:
+def run(config: ArbiterConfig) -> int:
     """Run the arbiter until a stop signal; return the exit code."""
-    return asyncio.run(Arbiter(config, config_path).run())
-
-
-__all__ = ["Arbiter", "Mapping", "run"]
+    return asyncio.run(Arbiter(config).run())

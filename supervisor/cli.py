@@ -1,5 +1,7 @@
 """``juggler``: the supervisor's command line.
 
+``juggler status|incr|reload ...`` drive a running juggler (see ``ctl.py``).
+
 ``juggler --check [--json] CONFIG`` reads a config and reports on it without
 binding or spawning anything: exit 0 when it is usable (warnings go to
 stderr), 2 with one ``error:`` line per problem when it is not. ``--json``
@@ -61,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _is_control_command(argv):
+        from juggler.supervisor import ctl
+
+        return ctl.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.json and not args.check:
@@ -75,6 +82,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _report_errors(exc)
     return run_daemon(config, args)
+
+
+def _is_control_command(argv: list[str]) -> bool:
+    """``juggler status`` is a command; ``juggler web.ini`` runs a daemon."""
+    from juggler.supervisor.ctl import COMMANDS
+
+    takes_value = {"--endpoint", "--timeout"}
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in takes_value:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg in COMMANDS and not os.path.isfile(arg)
+    return False
 
 
 def check(path: str, *, as_json: bool = False) -> int:
@@ -121,7 +144,7 @@ def run_daemon(config: ArbiterConfig, args: argparse.Namespace) -> int:
     try:
         if pidfile is not None:
             pidfile.write()
-        return arbiter.run(config, args.config)
+        return arbiter.run(config)
     except SupervisorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -307,6 +307,14 @@ class ArbiterConfig:
             "default is a UNIX socket of mode 0600",
         ),
     ] = None
+    token_file: Annotated[
+        str | None,
+        Opt(
+            "str",
+            "juggler: file holding the token a tcp:// endpoint requires; it "
+            "must not be readable by others; generated when unset",
+        ),
+    ] = None
     endpoint_owner: Annotated[
         str | None, Opt("str", "user that owns an ipc:// endpoint's file")
     ] = None

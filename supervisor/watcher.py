@@ -157,6 +157,12 @@ class Watcher:
             return
         process.stopping = True
         timeout = self.config.graceful_timeout
+        log.info(
+            "stopping: %r with %s, graceful_timeout=%gs",
+            process,
+            signal.Signals(self.config.stop_signal).name,
+            timeout,
+        )
         process.send_signal(self.config.stop_signal, group=self.config.stop_children)
         try:
             await asyncio.wait_for(asyncio.shield(process.exited), timeout)

@@ -109,7 +109,10 @@ class RunnerProcess:
         self.backend = backend
         self.family = family
         self.extra_args = list(extra_args)
-        self.env = env or {}
+        # A private control socket, so that tests never meet each other's
+        # supervisors (or a developer's own) on the default endpoint.
+        self.endpoint = f"unix://{self.tmp}/control.sock"
+        self.env = {"JUGGLER_ENDPOINT": self.endpoint, **(env or {})}
         self.cwd: str | None = None
         self.tmpdir = tempfile.mkdtemp(prefix="juggler-test-")
         self.sock: socket.socket | None = None
@@ -275,7 +278,10 @@ class SupervisorProcess:
             f.write(self.render(config))
         self.log_path = os.path.join(self.tmp, "juggler.log")
         self.extra_args = list(extra_args)
-        self.env = env or {}
+        # A private control socket, so that tests never meet each other's
+        # supervisors (or a developer's own) on the default endpoint.
+        self.endpoint = f"unix://{self.tmp}/control.sock"
+        self.env = {"JUGGLER_ENDPOINT": self.endpoint, **(env or {})}
         self.cwd: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -334,6 +340,26 @@ class SupervisorProcess:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def ctl(
+        self, *args: str, timeout: float = DEFAULT_DEADLINE
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``juggler COMMAND ...`` against this supervisor."""
+        return subprocess.run(
+            [*juggler_command(), "--endpoint", self.endpoint, *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def ctl_json(self, *args: str) -> object:
+        """``juggler --json COMMAND ...``; fails the test on a non-zero exit."""
+        import json
+
+        done = self.ctl("--json", *args)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
 
     def children(self) -> list[int]:
         """Pids of the supervisor's direct children."""

@@ -1,0 +1,233 @@
+"""The control commands: what ``juggler status``, ``incr``, ``reload`` ... do.
+
+Each command is a coroutine taking the request's ``args``; the control
+server runs each request as its own task. Commands that change a watcher
+take that watcher's lock (inside ``Watcher``), so operations on different
+watchers never wait for each other and read-only commands never wait at all.
+Names follow Circus's commands, so a ``circusctl`` user finds their way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from juggler.supervisor.control import CommandError
+from juggler.supervisor.watcher import RestartFailed, Watcher
+
+if TYPE_CHECKING:
+    from juggler.supervisor.arbiter import Arbiter
+
+Command = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class Commands:
+    """Dispatches control requests to the arbiter and its watchers."""
+
+    def __init__(self, arbiter: Arbiter) -> None:
+        self.arbiter = arbiter
+        self._stats_cache: dict[int, psutil.Process] = {}
+        self.table: dict[str, Command] = {
+            "list": self.list_watchers,
+            "status": self.status,
+            "start": self.start,
+            "stop": self.stop,
+            "restart": self.restart,
+            "reload": self.reload,
+            "reloadconfig": self.reloadconfig,
+            "incr": self.incr,
+            "decr": self.decr,
+            "numprocesses": self.numprocesses,
+            "numwatchers": self.numwatchers,
+            "signal": self.signal,
+            "stats": self.stats,
+            "listsockets": self.listsockets,
+            "quit": self.quit,
+        }
+
+    async def handle(self, command: str, args: dict[str, Any]) -> Any:
+        handler = self.table.get(command)
+        if handler is None:
+            known = ", ".join(sorted(self.table))
+            raise CommandError(f"unknown command {command!r} (known: {known})")
+        return await handler(args)
+
+    # -- helpers -----------------------------------------------------------
+
+    def _watcher(self, args: dict[str, Any]) -> Watcher:
+        name = args.get("name")
+        if not isinstance(name, str):
+            raise CommandError("this command needs a watcher name")
+        watcher = self.arbiter.watchers.get(name.lower())
+        if watcher is None:
+            known = ", ".join(sorted(self.arbiter.watchers)) or "none"
+            raise CommandError(f"no watcher named {name!r} (watchers: {known})")
+        return watcher
+
+    def _targets(self, args: dict[str, Any]) -> list[Watcher]:
+        """The named watcher, or all of them in priority order."""
+        if args.get("name") is None:
+            return list(self.arbiter.ordered_watchers())
+        return [self._watcher(args)]
+
+    # -- reading -----------------------------------------------------------
+
+    async def list_watchers(self, args: dict[str, Any]) -> Any:
+        if args.get("name") is None:
+            return sorted(self.arbiter.watchers)
+        return sorted(p.pid for p in self._watcher(args).processes.values())
+
+    async def status(self, args: dict[str, Any]) -> Any:
+        if args.get("name") is None:
+            return {
+                name: w.status() for name, w in sorted(self.arbiter.watchers.items())
+            }
+        return self._watcher(args).status()
+
+    async def numprocesses(self, args: dict[str, Any]) -> int:
+        return sum(w.numprocesses for w in self._targets(args))
+
+    async def numwatchers(self, args: dict[str, Any]) -> int:
+        return len(self.arbiter.watchers)
+
+    async def listsockets(self, args: dict[str, Any]) -> Any:
+        return [
+            {"name": name, "fd": bound.fd, "location": bound.location()}
+            for name, bound in sorted(self.arbiter.sockets.items())
+        ]
+
+    async def stats(self, args: dict[str, Any]) -> Any:
+        """Per-process figures from psutil, read off the event loop."""
+        watchers = self._targets(args)
+        processes = [(w.name, p) for w in watchers for p in w.processes.values()]
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(None, self._sample, processes)
+        return rows
+
+    def _sample(self, processes: list[Any]) -> list[dict[str, Any]]:
+        rows = []
+        live = set()
+        for watcher, process in processes:
+            live.add(process.pid)
+            handle = self._stats_cache.get(process.pid)
+            try:
+                if handle is None:
+                    handle = self._stats_cache[process.pid] = psutil.Process(
+                        process.pid
+                    )
+                with handle.oneshot():
+                    rows.append(
+                        {
+                            "watcher": watcher,
+                            "wid": process.wid,
+                            "pid": process.pid,
+                            "age": round(process.age(), 3),
+                            "cpu": handle.cpu_percent(None),
+                            "rss": handle.memory_info().rss,
+                            "threads": handle.num_threads(),
+                            "open_files": handle.num_fds(),
+                            "connections": len(handle.net_connections()),
+                        }
+                    )
+            except psutil.Error:
+                continue  # it died while we looked
+        for pid in set(self._stats_cache) - live:
+            del self._stats_cache[pid]
+        return rows
+
+    # -- changing ----------------------------------------------------------
+
+    async def start(self, args: dict[str, Any]) -> Any:
+        for watcher in self._targets(args):
+            await watcher.start()
+        return await self.status(args)
+
+    async def stop(self, args: dict[str, Any]) -> Any:
+        for watcher in reversed(self._targets(args)):
+            await watcher.stop()
+        return await self.status(args)
+
+    async def restart(self, args: dict[str, Any]) -> Any:
+        rolling = not args.get("all_at_once", False)
+        try:
+            for watcher in self._targets(args):
+                await watcher.restart(rolling=rolling)
+        except RestartFailed as exc:
+            raise CommandError(str(exc)) from None
+        return await self.status(args)
+
+    async def reload(self, args: dict[str, Any]) -> Any:
+        """Graceful: new processes ready before old ones stop (or SIGHUP)."""
+        targets = self._targets(args)
+        for watcher in targets:
+            if watcher.config.send_hup:
+                watcher.signal(signal.SIGHUP)
+        rolling = [w for w in targets if not w.config.send_hup]
+        try:
+            for watcher in rolling:
+                await watcher.restart(rolling=True)
+        except RestartFailed as exc:
+            raise CommandError(str(exc)) from None
+        return await self.status(args)
+
+    async def reloadconfig(self, args: dict[str, Any]) -> Any:
+        errors = await self.arbiter.reload_config()
+        if errors:
+            raise CommandError("; ".join(errors))
+        return sorted(self.arbiter.watchers)
+
+    async def incr(self, args: dict[str, Any]) -> int:
+        return await self._change_count(args, +1)
+
+    async def decr(self, args: dict[str, Any]) -> int:
+        return await self._change_count(args, -1)
+
+    async def _change_count(self, args: dict[str, Any], sign: int) -> int:
+        watcher = self._watcher(args)
+        step = args.get("nb", 1)
+        if not isinstance(step, int) or step < 0:
+            raise CommandError("the count must be a whole number of 0 or more")
+        target = watcher.numprocesses + sign * step
+        if watcher.config.singleton and target > 1:
+            raise CommandError(f"{watcher.name} is a singleton: at most 1 process")
+        await watcher.set_numprocesses(target)
+        return watcher.numprocesses
+
+    async def signal(self, args: dict[str, Any]) -> int:
+        watcher = self._watcher(args)
+        signum = _signal_number(args.get("signum"))
+        children = bool(args.get("children", False))
+        pid = args.get("pid")
+        if pid is None:
+            return watcher.signal(signum, children=children)
+        process = next((p for p in watcher.processes.values() if p.pid == pid), None)
+        if process is None:
+            raise CommandError(f"{watcher.name} has no process with pid {pid}")
+        return int(process.send_signal(signum, group=children))
+
+    async def quit(self, args: dict[str, Any]) -> str:
+        self.arbiter.request_stop()
+        return "stopping"
+
+
+def _signal_number(value: object) -> int:
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        try:
+            number = int(value) if value.isdigit() else signal.Signals[name].value
+        except KeyError:
+            raise CommandError(f"unknown signal {value!r}") from None
+    else:
+        raise CommandError("signal needs a signal name or number")
+    try:
+        signal.Signals(number)
+    except ValueError:
+        raise CommandError(f"unknown signal number {number}") from None
+    return number

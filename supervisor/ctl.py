@@ -1,0 +1,179 @@
+"""``juggler COMMAND ...``: the operator commands, a thin client of control.
+
+Every command prints a table for people and, with ``--json``, the raw result
+for scripts; an error prints one ``error:`` line and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from juggler.supervisor import endpoint as endpoints
+from juggler.supervisor.client import Client
+from juggler.supervisor.errors import SupervisorError
+
+EXIT_FAILED = 1
+
+# name -> (help, arguments); an argument is (name, kwargs for add_argument).
+NAME_OPTIONAL = ("name", {"nargs": "?", "help": "a watcher (default: all)"})
+NAME_REQUIRED = ("name", {"help": "a watcher"})
+COMMANDS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
+    "list": ("watchers, or the pids of one", [NAME_OPTIONAL]),
+    "status": ("state of the watchers and their processes", [NAME_OPTIONAL]),
+    "start": ("start watchers", [NAME_OPTIONAL]),
+    "stop": ("stop watchers gracefully", [NAME_OPTIONAL]),
+    "restart": (
+        "replace every process; rolling unless --all-at-once",
+        [
+            NAME_OPTIONAL,
+            ("--all-at-once", {"action": "store_true", "help": "stop all, then start"}),
+        ],
+    ),
+    "reload": ("graceful restart: new processes ready first", [NAME_OPTIONAL]),
+    "reloadconfig": ("re-read the config file and apply the difference", []),
+    "incr": (
+        "add processes",
+        [NAME_REQUIRED, ("nb", {"nargs": "?", "type": int, "default": 1})],
+    ),
+    "decr": (
+        "remove processes",
+        [NAME_REQUIRED, ("nb", {"nargs": "?", "type": int, "default": 1})],
+    ),
+    "numprocesses": ("number of processes", [NAME_OPTIONAL]),
+    "numwatchers": ("number of watchers", []),
+    "signal": (
+        "send a signal: signal NAME [PID] SIGNAL",
+        [
+            NAME_REQUIRED,
+            ("rest", {"nargs": "+", "metavar": "[PID] SIGNAL"}),
+            ("--children", {"action": "store_true", "help": "to the process group"}),
+        ],
+    ),
+    "stats": ("CPU, memory, fds and connections per process", [NAME_OPTIONAL]),
+    "listsockets": ("the sockets juggler holds", []),
+    "quit": ("stop every watcher and exit", []),
+    "events": ("stream lifecycle events until interrupted", []),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="juggler", description="Drive a running juggler."
+    )
+    parser.add_argument(
+        "--endpoint",
+        default=os.environ.get("JUGGLER_ENDPOINT"),
+        help="unix:///path or tcp://host:port (default: the per-user socket, "
+        "or $JUGGLER_ENDPOINT)",
+    )
+    parser.add_argument("--json", action="store_true", help="print raw JSON")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, arguments) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        for arg, kwargs in arguments:
+            command.add_argument(arg, **kwargs)
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        request = _request_args(args)
+        with Client(endpoints.parse(args.endpoint), timeout=args.timeout) as client:
+            if args.command == "events":
+                return _stream_events(client, args.json)
+            result = client.call(args.command, **request)
+    except SupervisorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _print(args.command, result, as_json=args.json)
+    return 0
+
+
+def _request_args(args: argparse.Namespace) -> dict[str, Any]:
+    request: dict[str, Any] = {}
+    if getattr(args, "name", None) is not None:
+        request["name"] = args.name
+    if getattr(args, "all_at_once", False):
+        request["all_at_once"] = True
+    if args.command in ("incr", "decr"):
+        request["nb"] = args.nb
+    if args.command == "signal":
+        if len(args.rest) > 2:
+            raise SupervisorError("signal takes NAME [PID] SIGNAL")
+        if len(args.rest) == 2:
+            if not args.rest[0].isdigit():
+                raise SupervisorError(f"pid {args.rest[0]!r} is not a number")
+            request["pid"] = int(args.rest[0])
+        request["signum"] = args.rest[-1]
+        request["children"] = args.children
+    return request
+
+
+def _stream_events(client: Client, as_json: bool) -> int:
+    try:
+        for message in client.events():
+            if as_json:
+                print(json.dumps(message), flush=True)
+            elif "event" in message:
+                print(_event_line(message["event"]), flush=True)
+            elif "dropped" in message:
+                print(f"({message['dropped']} events dropped: reading too slowly)")
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.pop("time", 0)))
+    topic = event.pop("topic", "?")
+    details = " ".join(f"{key}={value}" for key, value in event.items())
+    return f"{stamp} {topic} {details}"
+
+
+def _print(command: str, result: Any, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    elif command in ("status", "start", "stop", "restart", "reload"):
+        _print_status(result)
+    elif command == "stats":
+        _print_stats(result)
+    elif command == "listsockets":
+        for row in result:
+            print(f"{row['name']:<16} fd={row['fd']:<4} {row['location']}")
+    elif isinstance(result, list):
+        print("\n".join(str(item) for item in result))
+    else:
+        print(result)
+
+
+def _print_status(result: dict[str, Any]) -> None:
+    watchers = [result] if "state" in result else list(result.values())
+    for watcher in watchers:
+        processes = watcher["processes"]
+        print(
+            f"{watcher['name']}: {watcher['state']} "
+            f"({len(processes)}/{watcher['numprocesses']} processes, "
+            f"{watcher['restarts']} restarts)"
+        )
+        for p in processes:
+            ready = "ready" if p["ready"] else "starting"
+            print(f"  [{p['wid']}] pid={p['pid']:<8} {ready:<8} up {p['age']:.0f}s")
+
+
+def _print_stats(rows: list[dict[str, Any]]) -> None:
+    header = f"{'watcher':<12} {'wid':>3} {'pid':>7} {'cpu%':>6} {'rss MiB':>8} "
+    print(header + f"{'fds':>5} {'threads':>7} {'conns':>5} {'age':>8}")
+    for r in rows:
+        print(
+            f"{r['watcher']:<12} {r['wid']:>3} {r['pid']:>7} {r['cpu']:>6.1f} "
+            f"{r['rss'] / 2**20:>8.1f} {r['open_files']:>5} {r['threads']:>7} "
+            f"{r['connections']:>5} {r['age']:>7.0f}s"
+        )

@@ -1,0 +1,120 @@
+"""Where the control channel listens, and the token that guards TCP.
+
+``endpoint`` in ``[circus]`` takes Circus's forms: ``ipc:///path/to.sock``
+(also ``unix://``) or ``tcp://HOST:PORT``. Without one, juggler listens on
+a UNIX socket in the user's private runtime directory:
+``$XDG_RUNTIME_DIR/juggler/juggler.sock``, or ``/tmp/juggler-UID/`` when
+that variable is unset.
+
+Nearly every Circus config says ``endpoint = tcp://127.0.0.1:5555`` and no
+token: Circus let anyone on the host drive it. juggler runs such a config,
+but only with a token: it reads ``token_file`` if the config names one
+(refusing a file others can read), or generates one into the runtime
+directory, where the CLI of the same user finds it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import stat
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from juggler.supervisor.errors import SupervisorError
+
+DEFAULT_SOCKET_NAME = "juggler.sock"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed control endpoint."""
+
+    kind: str  # "unix" or "tcp"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix://{self.path}"
+        return f"tcp://{self.host}:{self.port}"
+
+
+def runtime_dir() -> str:
+    """The user's private directory for juggler's sockets and tokens."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base):
+        return os.path.join(base, "juggler")
+    return f"/tmp/juggler-{os.getuid()}"
+
+
+def parse(text: str | None) -> Endpoint:
+    """An ``endpoint`` value (None: the default UNIX socket)."""
+    if not text:
+        return Endpoint("unix", path=os.path.join(runtime_dir(), DEFAULT_SOCKET_NAME))
+    parts = urlsplit(text)
+    if parts.scheme in ("ipc", "unix"):
+        path = (parts.netloc + parts.path) if parts.netloc else parts.path
+        if not path:
+            raise SupervisorError(f"endpoint {text!r} names no socket path")
+        return Endpoint("unix", path=os.path.abspath(path))
+    if parts.scheme == "tcp":
+        if parts.hostname is None or parts.port is None:
+            raise SupervisorError(f"endpoint {text!r}: expected tcp://HOST:PORT")
+        return Endpoint("tcp", host=parts.hostname, port=parts.port)
+    raise SupervisorError(
+        f"endpoint {text!r}: expected ipc:///path, unix:///path or tcp://HOST:PORT"
+    )
+
+
+def is_live(path: str) -> bool:
+    """Whether a server answers on the UNIX socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def token_path(endpoint: Endpoint) -> str:
+    """Where the generated token of a TCP endpoint is kept."""
+    return os.path.join(runtime_dir(), f"tcp-{endpoint.host}-{endpoint.port}.token")
+
+
+def read_token(path: str) -> str:
+    """Read a token file, refusing one that others can read or write."""
+    try:
+        info = os.stat(path)
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SupervisorError(
+                f"token file {path} is mode {info.st_mode & 0o777:o}; others must "
+                f"not read it (chmod 600 {path})"
+            )
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise SupervisorError(
+            f"cannot read token file {path}: {exc.strerror}"
+        ) from None
+    if len(token) < 16:
+        raise SupervisorError(f"token in {path} is shorter than 16 characters")
+    return token
+
+
+def generate_token(endpoint: Endpoint) -> str:
+    """Make a fresh token for ``endpoint``, readable by this user only."""
+    directory = runtime_dir()
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = token_path(endpoint)
+    token = secrets.token_urlsafe(32)
+    tmp = f"{path}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return token

@@ -1,0 +1,333 @@
+"""The control channel and the operator CLI against a real juggler."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import socket
+import stat
+import time
+
+import pytest
+from harness import SupervisorProcess, http_get, wait_for
+
+CONFIG = """
+[socket:web]
+path = {tmp}/web.sock
+
+[watcher:web]
+cmd = runner serve --fd $(circus.sockets.web) --python-path {apps} hello:app
+numprocesses = 2
+copy_env = true
+"""
+
+STUBBORN = """
+[watcher:stubborn]
+cmd = {python} {apps}/stubborn.py
+graceful_timeout = 10
+ready = none
+"""
+
+
+@pytest.fixture
+def juggler():
+    started: list[SupervisorProcess] = []
+
+    def start(config: str = CONFIG, **kwargs: object) -> SupervisorProcess:
+        sup = SupervisorProcess(config, **kwargs)  # type: ignore[arg-type]
+        started.append(sup)
+        sup.start()
+        return sup
+
+    yield start
+    for sup in started:
+        sup.stop()
+
+
+def raw_exchange(path: str, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes on the control socket; return all that comes back."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        client.connect(path)
+        client.sendall(payload)
+        client.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := client.recv(65536):
+            data += chunk
+    return data
+
+
+def control_path(sup: SupervisorProcess) -> str:
+    return sup.endpoint.removeprefix("unix://")
+
+
+def test_status_list_and_counts(juggler):
+    sup = juggler()
+    sup.wait_log("ready: web[", count=2)
+    status = sup.ctl_json("status")
+    assert status["web"]["state"] == "running"
+    assert len(status["web"]["processes"]) == 2
+    assert sup.ctl_json("list") == ["web"]
+    assert sorted(sup.ctl_json("list", "web")) == sorted(sup.children())
+    assert sup.ctl_json("numprocesses") == 2
+    assert sup.ctl_json("numwatchers") == 1
+    human = sup.ctl("status", "web")
+    assert human.returncode == 0 and "web: running (2/2 processes" in human.stdout
+    sockets = sup.ctl_json("listsockets")
+    assert sockets[0]["name"] == "web" and sockets[0]["location"].endswith("web.sock")
+
+
+def test_incr_decr_wait_for_ready_processes(juggler):
+    sup = juggler()
+    sup.wait_log("ready: web[", count=2)
+    assert sup.ctl_json("incr", "web", "2") == 4
+    # incr returns once the new processes are ready.
+    assert all(p["ready"] for p in sup.ctl_json("status", "web")["processes"])
+    assert len(sup.children()) == 4
+    assert sup.ctl_json("decr", "web", "3") == 1
+    wait_for(lambda: len(sup.children()) == 1)
+    assert http_get(f"{sup.tmp}/web.sock")[0] == 200
+
+
+def test_rolling_restart_replaces_every_process(juggler):
+    sup = juggler()
+    sup.wait_log("ready: web[", count=2)
+    before = set(sup.children())
+    sup.ctl_json("restart", "web")
+    after = {p["pid"] for p in sup.ctl_json("status", "web")["processes"]}
+    assert len(after) == 2 and not before & after
+    sup.ctl_json("reload")
+    again = {p["pid"] for p in sup.ctl_json("status", "web")["processes"]}
+    assert len(again) == 2 and not after & again
+
+
+def test_signal_and_stats(juggler):
+    sup = juggler()
+    sup.wait_log("ready: web[", count=2)
+    victim = sup.children()[0]
+    assert sup.ctl_json("signal", "web", str(victim), "KILL") == 1
+    sup.wait_log(f"pid={victim} signal=SIGKILL")
+    stats = sup.ctl_json("stats", "web")
+    assert {row["watcher"] for row in stats} == {"web"}
+    assert all(row["rss"] > 0 and row["open_files"] > 0 for row in stats)
+    bad = sup.ctl("signal", "web", "NOSUCH")
+    assert (
+        bad.returncode == 1 and bad.stderr.strip() == "error: unknown signal 'NOSUCH'"
+    )
+
+
+def test_errors_are_one_line_and_non_zero(juggler):
+    sup = juggler()
+    done = sup.ctl("status", "nope")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: no watcher named 'nope' (watchers: web)"
+    unreachable = SupervisorProcess(CONFIG)
+    try:
+        done = unreachable.ctl("status")
+        assert done.returncode == 1 and "cannot reach juggler" in done.stderr
+    finally:
+        unreachable.stop()
+
+
+def test_reloadconfig_applies_or_rejects_whole(juggler):
+    sup = juggler()
+    sup.wait_log("ready: web[", count=2)
+    sup.write_config(CONFIG.replace("numprocesses = 2", "numprocesses = 3"))
+    assert sup.ctl_json("reloadconfig") == ["web"]
+    assert len(sup.ctl_json("status", "web")["processes"]) == 3
+    serving = set(sup.children())
+    sup.write_config(CONFIG + "\n[watcher:broken]\nnumprocesses = many\n")
+    done = sup.ctl("reloadconfig")
+    assert done.returncode == 1
+    assert "[watcher:broken]" in done.stderr and done.stderr.count("\n") == 1
+    assert set(sup.children()) == serving
+
+
+def test_quit_stops_everything(juggler):
+    sup = juggler()
+    sup.wait_log("ready: web[", count=2)
+    assert sup.ctl_json("quit") == "stopping"
+    assert sup.wait(timeout=15) == 0
+    assert not os.path.exists(control_path(sup))
+
+
+def test_socket_and_directory_are_private(juggler):
+    sup = juggler()
+    mode = stat.S_IMODE(os.stat(control_path(sup)).st_mode)
+    assert mode == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(control_path(sup))).st_mode) == 0o700
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another uid")
+def test_peer_of_another_uid_is_refused(juggler):
+    sup = juggler()
+    path = control_path(sup)
+    os.chmod(os.path.dirname(path), 0o755)  # let the stranger reach the file
+    os.chmod(path, 0o666)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the stranger: uid 65534 (nobody)
+        os.close(read)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                answer = raw_exchange(path, b'{"command": "quit"}\n')
+            except ConnectionResetError:
+                answer = b""  # refused: closed without a reply
+            except OSError as exc:
+                answer = repr(exc).encode()
+            os.write(write, answer or b"<closed>")
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as f:
+        assert f.read() == b"<closed>"
+    assert "control: refused" in sup.log() and "uid=65534" in sup.log()
+    assert sup.proc is not None and sup.proc.poll() is None  # quit did not run
+
+
+def test_malformed_and_oversized_frames_get_errors(juggler):
+    sup = juggler()
+    path = control_path(sup)
+    replies = [
+        json.loads(line)
+        for line in raw_exchange(
+            path,
+            b'not json\n{"args": 1}\n[1, 2]\n{"command": "nope"}\n'
+            + b'{"command": "status", "args": "x"}\n'
+            + b"[" * 100_000
+            + b"\n",
+        ).splitlines()
+    ]
+    errors = [r["error"] for r in replies]
+    assert errors[0] == "malformed frame: not JSON"
+    assert errors[1].startswith("malformed request")
+    assert errors[2].startswith("malformed request")
+    assert errors[3].startswith("unknown command 'nope'")
+    assert errors[4] == "malformed request: args must be an object"
+    assert errors[5] == "frame too large"
+    # The arbiter is undisturbed.
+    assert sup.ctl_json("numwatchers") == 1
+
+
+def test_a_slow_stop_does_not_freeze_other_commands(juggler):
+    sup = juggler(CONFIG + STUBBORN)
+    sup.wait_log("ready: web[", count=2)
+    sup.wait_log("ready: stubborn[1]")
+    stopping = concurrent.futures.ThreadPoolExecutor(1).submit(
+        sup.ctl, "stop", "stubborn"
+    )
+    sup.wait_log("stopping: stubborn[1]")
+    wait_for(lambda: sup.ctl_json("status", "stubborn")["state"] == "stopping")
+
+    def timed_status() -> float:
+        started = time.monotonic()
+        reply = raw_exchange(control_path(sup), b'{"command": "status"}\n')
+        assert json.loads(reply)["result"]["web"]["state"] == "running"
+        return time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        durations = list(pool.map(lambda _: timed_status(), range(50)))
+    assert not stopping.done()  # the stop still waits for its graceful_timeout
+    print(f"50 concurrent status during a stop: max {max(durations) * 1000:.0f} ms")
+    # The web watcher is still managed: a killed worker is replaced.
+    victim = sup.ctl_json("list", "web")[0]
+    os.kill(victim, 9)
+    wait_for(
+        lambda: (
+            victim not in sup.ctl_json("list", "web")
+            and len(sup.ctl_json("list", "web")) == 2
+        )
+    )
+    assert stopping.result(timeout=30).returncode == 0
+
+
+def test_event_stream_delivers_spawn_and_exit(juggler):
+    sup = juggler()
+    sup.wait_log("ready: web[", count=2)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(control_path(sup))
+        reader = client.makefile("rb")
+        client.sendall(b'{"id": 7, "command": "events"}\n')
+        assert json.loads(reader.readline()) == {"id": 7, "ok": True}
+        victim = sup.children()[0]
+        os.kill(victim, 9)
+        topics = []
+        while not ({"exit", "spawn", "ready"} <= set(topics)):
+            event = json.loads(reader.readline())["event"]
+            topics.append(event["topic"])
+            if event["topic"] == "exit":
+                assert event["pid"] == victim and event["expected"] is False
+
+
+def test_tcp_endpoint_requires_the_token(juggler, tmp_path):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-of-some-length\n")
+    token_file.chmod(0o600)
+    sup = juggler(
+        f"[circus]\nendpoint = tcp://127.0.0.1:{port}\ntoken_file = {token_file}\n"
+        + CONFIG
+    )
+    sup.wait_log("ready: web[", count=2)
+
+    def ask(request: dict[str, object]) -> dict[str, object]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(json.dumps(request).encode() + b"\n")
+            return json.loads(client.makefile("rb").readline())
+
+    refused = [
+        ask({"command": "quit"}),
+        ask({"command": "quit", "token": "wrong"}),
+        ask({"command": "incr", "args": {"name": "web"}, "token": 123}),
+    ]
+    assert all(r["error"] == "unauthorized: missing or wrong token" for r in refused)
+    token = "s3cret-token-of-some-length"
+    ok = ask({"command": "list", "args": {"name": "web"}, "token": token})
+    assert ok["ok"] is True and len(ok["result"]) == 2  # incr did not run
+    assert sup.proc is not None and sup.proc.poll() is None  # nor did quit
+
+
+def test_loose_token_file_is_a_startup_error(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-of-some-length\n")
+    token_file.chmod(0o644)
+    sup = SupervisorProcess(
+        f"[circus]\nendpoint = tcp://127.0.0.1:1\ntoken_file = {token_file}\n" + CONFIG
+    )
+    try:
+        sup.start(wait=None)
+        assert sup.wait(timeout=10) != 0
+        assert f"token file {token_file} is mode 644" in sup.log()
+        assert "spawned:" not in sup.log()
+    finally:
+        sup.stop()
+
+
+def test_circus_tcp_endpoint_without_token_gets_a_generated_one(
+    juggler, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    sup = juggler(f"[circus]\nendpoint = tcp://127.0.0.1:{port}\n" + CONFIG)
+    token_file = tmp_path / "juggler" / f"tcp-127.0.0.1-{port}.token"
+    assert f"is in {token_file}" in sup.log()
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    # The same user's CLI finds the token on its own.
+    sup.endpoint = f"tcp://127.0.0.1:{port}"
+    assert sup.ctl_json("numwatchers") == 1
+    # A stranger without it gets nothing.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b'{"command": "list"}\n')
+        reply = json.loads(client.makefile("rb").readline())
+    assert reply == {"ok": False, "error": "unauthorized: missing or wrong token"}
