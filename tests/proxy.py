@@ -1,0 +1,179 @@
+"""A real nginx in front of the workers, as users run them.
+
+``Nginx`` writes a config that proxies 127.0.0.1:PORT to an upstream (a
+UNIX socket or a TCP address) with keep-alive to the upstream, HTTP/1.1 and
+an empty Connection header -- the set-up the README recommends -- and runs
+nginx in the foreground in its own session, stopped by pid.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from harness import stop_group, wait_for
+
+NGINX_CONF = """
+worker_processes 1;
+{user}
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream app {{
+        server {upstream};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if found is None:
+        raise RuntimeError("nginx is not installed: run .ci/sysdeps (make test does)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Nginx:
+    """nginx proxying to ``upstream`` (``unix:/path`` or ``host:port``)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="juggler-nginx-")
+        self.upstream = upstream
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        conf = os.path.join(self.tmp, "nginx.conf")
+        # As root, nginx's workers would otherwise run as nobody and could
+        # not connect to a socket of mode 0660.
+        user = "user root;" if os.getuid() == 0 else ""
+        with open(conf, "w") as f:
+            f.write(
+                NGINX_CONF.format(
+                    tmp=self.tmp, upstream=self.upstream, port=self.port, user=user
+                )
+            )
+        self.proc = subprocess.Popen(
+            [nginx_binary(), "-c", conf, "-p", self.tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for(self._accepts, message="nginx listening")
+
+    def _accepts(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"nginx exited {self.proc.returncode}: {self.errors()}"
+            )
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def errors(self) -> str:
+        try:
+            with open(os.path.join(self.tmp, "error.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@dataclass
+class LoadResult:
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values()) + sum(self.errors.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status != 200) + sum(
+            self.errors.values()
+        )
+
+
+class Load:
+    """Keep-alive clients hammering a port from threads until stopped.
+
+    Bounded: it stops by itself after ``max_seconds`` whatever happens.
+    """
+
+    def __init__(self, port: int, clients: int = 16, max_seconds: float = 60) -> None:
+        self.port = port
+        self.result = LoadResult()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + max_seconds
+        self._threads = [
+            threading.Thread(target=self._client, daemon=True) for _ in range(clients)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _client(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                response.read()
+                outcome: int | str = response.status
+            except (OSError, http.client.HTTPException) as exc:
+                outcome = type(exc).__name__
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            with self._lock:
+                if isinstance(outcome, int):
+                    self.result.statuses[outcome] += 1
+                else:
+                    self.result.errors[outcome] += 1
+        conn.close()
