@@ -14,7 +14,8 @@ CONFIG = """
 path = {tmp}/web.sock
 
 [watcher:web]
-cmd = runner serve --fd $(circus.sockets.web) --backend %(backend)s --python-path {apps} %(app)s
+cmd = runner serve --fd $(circus.sockets.web) --backend %(backend)s
+args = --python-path {apps} %(app)s
 numprocesses = 2
 copy_env = true
 graceful_timeout = 10
