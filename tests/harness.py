@@ -109,11 +109,7 @@ class RunnerProcess:
         self.backend = backend
         self.family = family
         self.extra_args = list(extra_args)
-        # A private control socket, so that tests never meet each other's
-        # supervisors (or a developer's own) on the default endpoint.
-        self.endpoint = f"unix://{self.tmp}/control.sock"
-        self.env = {"JUGGLER_ENDPOINT": self.endpoint, **(env or {})}
-        self.cwd: str | None = None
+        self.env = env or {}
         self.tmpdir = tempfile.mkdtemp(prefix="juggler-test-")
         self.sock: socket.socket | None = None
         self.proc: subprocess.Popen[bytes] | None = None
