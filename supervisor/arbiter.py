@@ -31,6 +31,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Iterable
+from dataclasses import replace
 
 from juggler.supervisor import endpoint
 from juggler.supervisor import sockets as sockets_mod
@@ -154,6 +155,35 @@ class Arbiter:
         assert self.control is not None
         await self.control.listen_unix(path)
         self._control_path = path
+
+    async def add_watcher(self, config: WatcherConfig, *, start: bool) -> Watcher:
+        """Add a watcher at run time (the ``add`` command)."""
+        watcher = self.make_watcher(config)
+        self.watchers[config.name] = watcher
+        self.config = replace(
+            self.config, watchers={**self.config.watchers, config.name: config}
+        )
+        if start:
+            await watcher.start()
+        return watcher
+
+    async def remove_watcher(self, name: str) -> None:
+        """Stop a watcher and forget it (the ``rm`` command)."""
+        watcher = self.watchers.pop(name)
+        self.config = replace(
+            self.config,
+            watchers={k: v for k, v in self.config.watchers.items() if k != name},
+        )
+        await watcher.stop()
+
+    async def reconfigure_watcher(
+        self, watcher: Watcher, config: WatcherConfig
+    ) -> None:
+        """Give a watcher new options (the ``set`` command)."""
+        await watcher.reconfigure(config, spawn_spec_factory(config, self.sockets))
+        self.config = replace(
+            self.config, watchers={**self.config.watchers, config.name: config}
+        )
 
     def request_stop(self) -> None:
         """Stop as on SIGTERM (the ``quit`` command)."""

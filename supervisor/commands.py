@@ -12,11 +12,17 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from juggler.supervisor.config import json_object, to_json
+from juggler.supervisor.config_model import WatcherConfig, options_of
+from juggler.supervisor.config_values import READERS
+from juggler.supervisor.config_watcher import default_ready
 from juggler.supervisor.control import CommandError
+from juggler.supervisor.substitute import SubstitutionError, socket_references
 from juggler.supervisor.watcher import RestartFailed, Watcher
 
 if TYPE_CHECKING:
@@ -47,6 +53,12 @@ class Commands:
             "stats": self.stats,
             "listsockets": self.listsockets,
             "quit": self.quit,
+            "options": self.options,
+            "get": self.get,
+            "set": self.set,
+            "globaloptions": self.globaloptions,
+            "add": self.add,
+            "rm": self.rm,
         }
 
     async def handle(self, command: str, args: dict[str, Any]) -> Any:
@@ -209,9 +221,80 @@ class Commands:
             raise CommandError(f"{watcher.name} has no process with pid {pid}")
         return int(process.send_signal(signum, group=children))
 
+    # -- options and watchers at run time ------------------------------------
+
+    async def options(self, args: dict[str, Any]) -> Any:
+        return json_object(self._watcher(args).config)
+
+    async def get(self, args: dict[str, Any]) -> Any:
+        options = json_object(self._watcher(args).config)
+        keys = args.get("keys") or []
+        unknown = [key for key in keys if key not in options]
+        if unknown:
+            raise CommandError(f"unknown option(s): {', '.join(unknown)}")
+        return {key: options[key] for key in keys}
+
+    async def set(self, args: dict[str, Any]) -> Any:
+        """Change options, written as in the INI file; checked like it."""
+        watcher = self._watcher(args)
+        changes = args.get("options")
+        if not isinstance(changes, dict) or not changes:
+            raise CommandError("set needs KEY VALUE pairs")
+        values = {key: _read_option(key, text) for key, text in changes.items()}
+        await self.arbiter.reconfigure_watcher(
+            watcher, replace(watcher.config, **values)
+        )
+        return {
+            "changed": sorted(values),
+            "note": "numprocesses applies now; the rest to processes spawned "
+            "from now on (restart the watcher to apply it to all)",
+        }
+
+    async def globaloptions(self, args: dict[str, Any]) -> Any:
+        return to_json(self.arbiter.config)["circus"]
+
+    async def add(self, args: dict[str, Any]) -> Any:
+        name, cmd = args.get("name"), args.get("cmd")
+        if not isinstance(name, str) or not isinstance(cmd, str) or not cmd:
+            raise CommandError("add needs a NAME and a CMD")
+        name = name.lower()
+        if name in self.arbiter.watchers:
+            raise CommandError(f"a watcher named {name!r} exists already")
+        try:
+            sockets = socket_references(cmd, self.arbiter.sockets)
+        except SubstitutionError as exc:
+            raise CommandError(str(exc)) from None
+        config = WatcherConfig(
+            name=name, cmd=cmd, sockets=frozenset(sockets), ready=default_ready(cmd)
+        )
+        watcher = await self.arbiter.add_watcher(config, start=bool(args.get("start")))
+        return watcher.status()
+
+    async def rm(self, args: dict[str, Any]) -> Any:
+        watcher = self._watcher(args)
+        await self.arbiter.remove_watcher(watcher.name)
+        return sorted(self.arbiter.watchers)
+
     async def quit(self, args: dict[str, Any]) -> str:
         self.arbiter.request_stop()
         return "stopping"
+
+
+# Options that ``set`` refuses: identity, or parsed from several keys.
+_FIXED_OPTIONS = {"name", "sockets", "env", "hooks", "stdout_stream", "stderr_stream"}
+
+
+def _read_option(key: str, text: object) -> Any:
+    """A value given to ``set``, read as the config file reads it."""
+    spec = options_of(WatcherConfig).get(key)
+    if spec is None or key in _FIXED_OPTIONS or spec[0].kind == "raw":
+        raise CommandError(f"option {key!r} cannot be set at run time")
+    if not isinstance(text, str):
+        text = str(text)
+    try:
+        return READERS[spec[0].kind](text)
+    except ValueError as exc:
+        raise CommandError(f"{key}: {exc}") from None
 
 
 def _signal_number(value: object) -> int:

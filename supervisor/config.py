@@ -263,6 +263,7 @@ def to_json(config: ArbiterConfig) -> dict[str, Any]:
             k: _json_value(k, getattr(config, k))
             for k in (
                 "endpoint",
+                "token_file",
                 "endpoint_owner",
                 "pidfile",
                 "loglevel",
@@ -274,13 +275,14 @@ def to_json(config: ArbiterConfig) -> dict[str, Any]:
             )
         },
         "env": dict(config.env),
-        "sockets": {n: _json_object(s) for n, s in config.sockets.items()},
-        "watchers": {n: _json_object(w) for n, w in config.watchers.items()},
+        "sockets": {n: json_object(s) for n, s in config.sockets.items()},
+        "watchers": {n: json_object(w) for n, w in config.watchers.items()},
         "warnings": list(config.warnings),
     }
 
 
-def _json_object(obj: Any) -> dict[str, Any]:
+def json_object(obj: Any) -> dict[str, Any]:
+    """A config dataclass as JSON-ready values."""
     return {
         f.name: _json_value(f.name, getattr(obj, f.name))
         for f in dataclasses.fields(obj)
@@ -289,7 +291,7 @@ def _json_object(obj: Any) -> dict[str, Any]:
 
 def _json_value(name: str, value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _json_object(value)
+        return json_object(value)
     if isinstance(value, Mapping):
         return {k: _json_value(k, v) for k, v in value.items()}
     if isinstance(value, frozenset):

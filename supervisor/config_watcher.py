@@ -226,7 +226,7 @@ def _assemble(
     """Pick the inherited sockets and the ``ready`` default; build it."""
     if values.get("use_sockets"):
         used = set(ctx.socket_names)
-    values.setdefault("ready", _default_ready(values["cmd"]))
+    values.setdefault("ready", default_ready(values["cmd"]))
     if not values.get("check_flapping", True):
         extra["flapping"] = replace(extra["flapping"], enabled=False)
     return WatcherConfig(
@@ -271,7 +271,7 @@ def _where(section: Section, key: str) -> Where:
     return entry.where if entry else section.where
 
 
-def _default_ready(cmd: str) -> str:
+def default_ready(cmd: str) -> str:
     """``notify`` for juggler's runner, which sends READY=1; else ``warmup``."""
     try:
         words = shlex.split(cmd)

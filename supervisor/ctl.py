@@ -57,6 +57,22 @@ COMMANDS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
     ),
     "stats": ("CPU, memory, fds and connections per process", [NAME_OPTIONAL]),
     "listsockets": ("the sockets juggler holds", []),
+    "options": ("every option of a watcher", [NAME_REQUIRED]),
+    "get": ("some options of a watcher", [NAME_REQUIRED, ("keys", {"nargs": "+"})]),
+    "set": (
+        "change options: set NAME KEY VALUE [KEY VALUE ...]",
+        [NAME_REQUIRED, ("pairs", {"nargs": "+", "metavar": "KEY VALUE"})],
+    ),
+    "globaloptions": ("the [circus] options in force", []),
+    "add": (
+        "add a watcher: add NAME CMD",
+        [
+            NAME_REQUIRED,
+            ("cmd", {"help": "the command, quoted"}),
+            ("--start", {"action": "store_true", "help": "start it at once"}),
+        ],
+    ),
+    "rm": ("stop a watcher and remove it", [NAME_REQUIRED]),
     "quit": ("stop every watcher and exit", []),
     "events": ("stream lifecycle events until interrupted", []),
 }
@@ -105,6 +121,14 @@ def _request_args(args: argparse.Namespace) -> dict[str, Any]:
         request["all_at_once"] = True
     if args.command in ("incr", "decr"):
         request["nb"] = args.nb
+    if args.command == "get":
+        request["keys"] = args.keys
+    if args.command == "set":
+        if len(args.pairs) % 2:
+            raise SupervisorError("set takes KEY VALUE pairs")
+        request["options"] = dict(zip(args.pairs[::2], args.pairs[1::2], strict=True))
+    if args.command == "add":
+        request.update(cmd=args.cmd, start=args.start)
     if args.command == "signal":
         if len(args.rest) > 2:
             raise SupervisorError("signal takes NAME [PID] SIGNAL")
@@ -141,8 +165,13 @@ def _event_line(event: dict[str, Any]) -> str:
 def _print(command: str, result: Any, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2))
-    elif command in ("status", "start", "stop", "restart", "reload"):
+    elif command in ("status", "start", "stop", "restart", "reload", "add"):
         _print_status(result)
+    elif isinstance(result, dict):
+        for key, value in result.items():
+            print(
+                f"{key} = {json.dumps(value) if not isinstance(value, str) else value}"
+            )
     elif command == "stats":
         _print_stats(result)
     elif command == "listsockets":

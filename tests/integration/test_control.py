@@ -10,7 +10,7 @@ import stat
 import time
 
 import pytest
-from harness import SupervisorProcess, http_get, wait_for
+from harness import APPS_DIR, SupervisorProcess, http_get, runner_command, wait_for
 
 CONFIG = """
 [socket:web]
@@ -331,3 +331,40 @@ def test_circus_tcp_endpoint_without_token_gets_a_generated_one(
         client.sendall(b'{"command": "list"}\n')
         reply = json.loads(client.makefile("rb").readline())
     assert reply == {"ok": False, "error": "unauthorized: missing or wrong token"}
+
+
+def test_options_get_set_and_globaloptions(juggler):
+    sup = juggler()
+    sup.wait_log("ready: web[", count=2)
+    options = sup.ctl_json("options", "web")
+    assert options["numprocesses"] == 2 and options["graceful_timeout"] == 30.0
+    assert sup.ctl_json("get", "web", "numprocesses", "stop_signal") == {
+        "numprocesses": 2,
+        "stop_signal": "SIGTERM",
+    }
+    changed = sup.ctl_json("set", "web", "numprocesses", "3", "graceful_timeout", "5")
+    assert changed["changed"] == ["graceful_timeout", "numprocesses"]
+    wait_for(lambda: len(sup.children()) == 3)
+    assert sup.ctl_json("get", "web", "graceful_timeout") == {"graceful_timeout": 5.0}
+    bad = sup.ctl("set", "web", "numprocesses", "lots")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: numprocesses:")
+    fixed = sup.ctl("set", "web", "name", "other")
+    assert fixed.stderr.strip() == "error: option 'name' cannot be set at run time"
+    assert "endpoint" in sup.ctl_json("globaloptions")
+
+
+def test_add_and_rm_a_watcher(juggler):
+    sup = juggler()
+    sup.wait_log("ready: web[", count=2)
+    runner = " ".join(runner_command())
+    cmd = (
+        f"{runner} serve --fd $(circus.sockets.web) --python-path {APPS_DIR} hello:app"
+    )
+    added = sup.ctl_json("add", "web2", cmd, "--start")
+    assert added["state"] == "running" and len(added["processes"]) == 1
+    assert sup.ctl_json("list") == ["web", "web2"]
+    assert sup.ctl("add", "web2", "true").stderr.strip() == (
+        "error: a watcher named 'web2' exists already"
+    )
+    assert sup.ctl_json("rm", "web2") == ["web"]
+    assert len(sup.children()) == 2
