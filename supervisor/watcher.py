@@ -125,6 +125,18 @@ class Watcher:
             await asyncio.gather(*(self._stop_process(p) for p in extra))
             await self._wait_all_ready(self._reconcile(watch=False))
 
+    async def reconfigure(
+        self, config: WatcherConfig, spawn_spec: Callable[[int], SpawnSpec]
+    ) -> None:
+        """Take new options: they apply to processes spawned from now on,
+        except ``numprocesses``, which is applied at once."""
+        async with self._lock:
+            self.config = config
+            self._spawn_spec = spawn_spec
+            self._flapping.policy = config.flapping
+        if config.numprocesses != self.numprocesses:
+            await self.set_numprocesses(config.numprocesses)
+
     def signal(self, signum: int, *, children: bool = False) -> int:
         """Send a signal to every process; return how many got it."""
         return sum(p.send_signal(signum, group=children) for p in self._serving())
