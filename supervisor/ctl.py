@@ -75,6 +75,7 @@ COMMANDS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
     "rm": ("stop a watcher and remove it", [NAME_REQUIRED]),
     "quit": ("stop every watcher and exit", []),
     "events": ("stream lifecycle events until interrupted", []),
+    "top": ("a live view of watchers, processes and sockets (q quits)", []),
 }
 
 
@@ -105,6 +106,10 @@ def main(argv: Sequence[str]) -> int:
         with Client(endpoints.parse(args.endpoint), timeout=args.timeout) as client:
             if args.command == "events":
                 return _stream_events(client, args.json)
+            if args.command == "top":
+                from juggler.supervisor import top
+
+                return top.run(client)
             result = client.call(args.command, **request)
     except SupervisorError as exc:
         print(f"error: {exc}", file=sys.stderr)
