@@ -34,12 +34,10 @@ _WERKZEUG_CLOSES = (
 )
 
 KNOWN_LIMITS: dict[tuple[str, ...], str] = {
-    ("gevent", "head"): _HEAD_BODY.format(server="gevent.pywsgi"),
     ("waitress", "head"): _HEAD_BODY.format(server="waitress"),
     ("werkzeug", "head"): _HEAD_BODY.format(server="werkzeug"),
     ("meinheld", "head"): _HEAD_BODY.format(server="meinheld 1.0.2")
     + " meinheld's is_no_body() only keeps Transfer-Encoding off.",
-    ("gevent", "malformed_header"): _HTTP_SERVER_PARSER.format(server="gevent.pywsgi"),
     ("werkzeug", "malformed_header"): _HTTP_SERVER_PARSER.format(
         server="http.server (under werkzeug)"
     ),

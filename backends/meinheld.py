@@ -1,0 +1,309 @@
+"""The meinheld backend: a C event loop (picoev) that calls the app directly.
+
+Theory of operation. meinheld runs its whole loop in C inside
+``server.run(app)``, which returns once nothing is left to serve. What this
+module learned from its source (meinheld/server/server.c, 1.0.2):
+
+- ``set_listen_socket`` takes descriptors; meinheld never binds them. It
+  sets O_NONBLOCK and TCP_DEFER_ACCEPT on the listening socket, and when
+  ``run`` ends it ``close()``s the descriptor; it never calls ``shutdown()``
+  and only unlinks a UNIX path it bound itself. Both flags live on the
+  socket the siblings share: harmless to them, but they stay.
+- ``set_keepalive(n)``: 0 turns keep-alive off (and closes after each
+  response, which is what halved chaussette's throughput); n > 0 turns it
+  on and closes a connection idle for n whole seconds.
+- ``stop(timeout)`` stops accepting and ends the loop once no connection is
+  left, or after ``timeout`` whole seconds (1 when given 0); then ``run``
+  returns and the connections still open are dropped.
+- ``run`` installs C handlers for SIGINT and SIGTERM that call ``stop(0)``:
+  a one-second drain that no option changes. So once the loop runs, a
+  callback scheduled for its first pass puts the runner's own handlers back
+  (they only record), and a watchdog that meinheld calls about once a
+  second starts the drain with ``graceful_timeout``. A stop thus begins up
+  to a second or so after the signal.
+
+Known shortcomings, all in meinheld's C code:
+
+- Draining waits for idle keep-alive connections (a proxy's pool of them)
+  to time out, or for ``graceful_timeout``, whichever comes first: meinheld
+  has no call that closes idle connections. Fixing it means a
+  ``kill_server`` in C that also closes the clients waiting for a request.
+- Head limits are meinheld's own and cannot be set: a request target over
+  8 KiB, more than 128 header fields, a field name or value over 8 KiB, or a
+  head over 80 KiB get 400 (not 414 or 431), so ``HeadLimits`` is not
+  applied. Changing them means editing meinheld/server/request.h and
+  rebuilding.
+- meinheld's greenlet calls from C are unsafe with greenlet 3, the only
+  greenlet that builds on Python 3.11: ``server.trampoline`` (under its
+  cooperative sockets) raises TypeError, so the stdlib is never patched
+  (see ``prepare``); a write that has to wait for the socket breaks the
+  connection and, repeated, crashes the worker, so writes are made blocking
+  (see ``environ_fixer``). A real fix is a meinheld rebuilt against
+  greenlet 3's C API.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Any
+
+from juggler.backends.base import (
+    App,
+    Backend,
+    BackendUnavailable,
+    ServeContext,
+    ServeOptions,
+    require,
+)
+from juggler.backends.signals import STOP_SIGNALS, exit_now
+
+log = logging.getLogger("juggler.backends.meinheld")
+
+PIN_HINT = (
+    "then install meinheld itself with: pip install --no-deps meinheld==1.0.2 "
+    "(its greenlet<0.5 pin does not build on Python 3.11+)"
+)
+# picoev keeps timeouts in a wheel of 128 one-second slots; a longer timeout
+# would be cut silently, so it is cut here, with a warning.
+MAX_TIMEOUT_SECONDS = 127
+# The largest body size meinheld's setter takes (a C int). Its default, 16
+# MiB, would answer 413 where every other backend passes the body on; bodies
+# over 500 KiB are spooled to a temporary file, not held in memory.
+MAX_CONTENT_LENGTH = 2**31 - 1
+# Descriptors the process holds besides its connections (logs, the app's own).
+FD_HEADROOM = 128
+# How long one write may wait for a client that reads nothing (a timeval);
+# see environ_fixer.
+WRITE_TIMEOUT = struct.pack("ll", 60, 0)
+
+StartResponse = Callable[..., Any]
+
+
+class MeinheldBackend(Backend):
+    """Serves WSGI apps with meinheld on the inherited socket."""
+
+    name = "meinheld"
+    interfaces = frozenset({"wsgi"})
+    package = "meinheld"
+    extra = "meinheld"
+
+    def prepare(self, options: ServeOptions) -> None:
+        """Import meinheld; its monkey-patching is never applied.
+
+        ``meinheld.patch.patch_all`` (chaussette called it) only replaces
+        ``socket.socket`` with ``meinheld.msocket.socket``, whose waits go
+        through ``server.trampoline``. With greenlet 3 on Python 3.11 that
+        call raises TypeError, so patching would break every connection the
+        app opens (a database, an HTTP API). Unpatched, the app's sockets
+        block the worker as in any synchronous server, which is how
+        gunicorn's meinheld worker runs too.
+        """
+        try:
+            self._server = require("meinheld.server", self.name, self.extra)
+        except BackendUnavailable as exc:
+            raise BackendUnavailable(f"{exc.message}; {PIN_HINT}") from exc
+        if options.monkey_patch:
+            log.debug("meinheld: stdlib left unpatched (see the module doc)")
+
+    def serve(self, sock: socket.socket, app: App, context: ServeContext) -> None:
+        """Serve until SIGTERM/SIGINT, then drain within graceful_timeout."""
+        server = self._server
+        _configure(server, sock, context.options)
+        loop = _Loop(server, context)
+        server.set_watchdog(loop.tick)
+        server.schedule_call(0, loop.started)
+        server.run(environ_fixer(app, sock), 1)
+        # meinheld closed the descriptor when its loop ended; forget the
+        # number so that closing ``sock`` cannot hit a descriptor reused since.
+        sock.detach()
+
+
+def _configure(server: Any, sock: socket.socket, options: ServeOptions) -> None:
+    server.set_listen_socket([sock.fileno()])  # a list: see below
+    server.set_access_logger(None)
+    server.set_error_logger(ErrorLogger())
+    server.set_keepalive(_keepalive_seconds(options.keepalive_timeout))
+    server.set_max_content_length(MAX_CONTENT_LENGTH)
+    if options.concurrency is not None:
+        _raise_fd_ceiling(server, options.concurrency)
+    # (set_listen_socket given a bare int drops a reference it does not own;
+    # the list form is the one gunicorn's worker uses and counts correctly.)
+
+
+def _keepalive_seconds(timeout: float) -> int:
+    """meinheld's argument: whole seconds, 0 for keep-alive off."""
+    if timeout <= 0:
+        return 0
+    return _whole_seconds(timeout, "--keepalive-timeout")
+
+
+def _whole_seconds(timeout: float, what: str) -> int:
+    seconds = max(1, math.ceil(timeout))
+    if seconds > MAX_TIMEOUT_SECONDS:
+        log.warning(
+            "meinheld cannot time beyond %ds; %s=%gs cut to %ds",
+            MAX_TIMEOUT_SECONDS,
+            what,
+            timeout,
+            MAX_TIMEOUT_SECONDS,
+        )
+        seconds = MAX_TIMEOUT_SECONDS
+    return seconds
+
+
+def _raise_fd_ceiling(server: Any, concurrency: int) -> None:
+    """--spawn N: make room for N connections; never lower the ceiling.
+
+    meinheld has no bound on connections, only on descriptor numbers
+    (picoev's max_fd, 4096 by default), and a connection whose descriptor
+    lies beyond it is not served at all; lowering it would only break.
+    """
+    wanted = concurrency + FD_HEADROOM
+    if wanted > server.get_picoev_max_fd():
+        server.set_picoev_max_fd(wanted)
+
+
+class ErrorLogger:
+    """meinheld's error hook: it calls ``error(type, value, traceback)``."""
+
+    def error(
+        self,
+        exc_type: type[BaseException],
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        log.error(
+            "app error: %s pid=%d",
+            exc_type.__name__,
+            os.getpid(),
+            exc_info=(exc_type, exc, tb) if exc is not None else None,
+        )
+
+
+class _Loop:
+    """The runner's side of meinheld's loop: readiness, signals, the drain.
+
+    The signal handlers are plain ``signal.signal`` ones that record, not
+    ``StopRequest``: its wake-up pipe is of no use here (the watchdog polls),
+    and with it installed from inside meinheld's loop, responses that had to
+    wait for the socket were cut in tests, while plain handlers were not.
+    """
+
+    def __init__(self, server: Any, context: ServeContext) -> None:
+        self._server = server
+        self._context = context
+        self.signum: int | None = None
+        self._draining = False
+
+    def started(self) -> None:
+        """First pass of the loop: the listening socket is being watched."""
+        # run() has just put its own SIGINT/SIGTERM handlers in place.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_stop_signal)
+        signal.signal(signal.SIGQUIT, self._on_quit_signal)
+        self._context.ready()
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            exit_now(signum)
+        if self.signum is None:
+            self.signum = signum
+
+    def _on_quit_signal(self, signum: int, frame: FrameType | None) -> None:
+        exit_now(signum)
+
+    def tick(self) -> None:
+        """Called by meinheld about once a second; starts a requested drain."""
+        if self.signum is None or self._draining:
+            return
+        self._draining = True
+        log.info(
+            "stop requested: signal=%s pid=%d",
+            signal.Signals(self.signum).name,
+            os.getpid(),
+        )
+        self._context.draining()
+        # From now on a response closes its connection, and a connection
+        # that turns idle is closed after 2 s rather than the keep-alive
+        # timeout (meinheld's value for "off").
+        self._server.set_keepalive(0)
+        options = self._context.options
+        seconds = _whole_seconds(options.graceful_timeout, "--graceful-timeout")
+        self._server.stop(seconds)
+
+
+def environ_fixer(app: App, sock: socket.socket) -> App:
+    """Wrap ``app`` to set up each connection and correct the environ.
+
+    A per-request wrapper is the only way, for two reasons:
+
+    - meinheld fills SERVER_NAME and SERVER_PORT with 127.0.0.1 and 8000
+      unless it bound the socket itself, and reads REMOTE_ADDR from a buffer
+      shared by all connections (inet_ntoa's), so a keep-alive request can
+      carry the address of whoever connected last; on IPv6 it is always
+      0.0.0.0. The peer is read from the connection itself.
+    - A response that must wait for the socket to drain makes meinheld park
+      the request's greenlet from C, which is unsafe with greenlet 3: the
+      next request on that connection gets 500 or a reset, and after a few
+      such the worker dies of SIGSEGV (reproduced with meinheld alone, with
+      a 1 MiB response on a UNIX socket). So the connection is made
+      blocking for writes, with a send timeout: a response then goes out in
+      one go while the loop waits, which behind a proxy that reads at once
+      (nginx) costs nothing. Only a client that reads nothing for
+      ``WRITE_TIMEOUT`` brings back the parked write.
+
+    Together that is three system calls per request on TCP, two on UNIX.
+    """
+    if sock.family == socket.AF_UNIX:
+        return _unix_fixer(app)
+    host, port = sock.getsockname()[:2]
+    return _tcp_fixer(app, sock.family, str(host), str(port))
+
+
+def _unix_fixer(app: App) -> App:
+    def unix_app(environ: dict[str, Any], start_response: StartResponse) -> Any:
+        _prepare_connection(environ, socket.AF_UNIX)
+        environ["SERVER_NAME"] = "localhost"
+        environ["SERVER_PORT"] = "80"
+        environ["REMOTE_ADDR"] = ""
+        environ.pop("REMOTE_PORT", None)
+        return app(environ, start_response)
+
+    return unix_app
+
+
+def _tcp_fixer(app: App, family: int, host: str, port: str) -> App:
+    def tcp_app(environ: dict[str, Any], start_response: StartResponse) -> Any:
+        peer = _prepare_connection(environ, family)
+        environ["SERVER_NAME"] = host
+        environ["SERVER_PORT"] = port
+        if peer is not None:
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = peer
+        return app(environ, start_response)
+
+    return tcp_app
+
+
+def _prepare_connection(environ: dict[str, Any], family: int) -> Any:
+    """Make writes blocking; return the TCP peer as strings (None on UNIX)."""
+    fd = environ["meinheld.client"].get_fd()
+    # Family, type and protocol given: the socket object queries nothing.
+    conn = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+    try:
+        conn.setblocking(True)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, WRITE_TIMEOUT)
+        if family == socket.AF_UNIX:
+            return None
+        host, port = conn.getpeername()[:2]
+        return str(host), str(port)
+    except OSError:
+        return None  # the peer is gone; the response will not reach it
+    finally:
+        conn.detach()
