@@ -4,7 +4,7 @@ The runner's contract: SIGTERM or SIGINT starts a graceful stop (stop
 accepting, drain, exit 0); a second SIGINT, or SIGQUIT at any time, exits at
 once. Event-loop backends (asyncio, gevent) register the same behaviour with
 their loop; threaded ones serve in worker threads while the main thread
-blocks in ``StopRequest.wait()``.
+blocks in ``StopRequest.wait()``, then, to drain, in ``wait_until()``.
 
 The handlers only record the signal and write one byte to a pipe; the
 waiting main thread does the work. They never log and never take a lock
@@ -17,6 +17,7 @@ import contextlib
 import os
 import select
 import signal
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
@@ -94,6 +95,33 @@ class StopRequest:
         while self.signum is None and timeout is None:
             os.read(self._read_fd, 1)
         return self.signum
+
+    def wake(self) -> None:
+        """Wake the thread blocked in ``wait_until``; callable from any thread.
+
+        A backend whose threads may outlive the stop never calls ``close()``,
+        so that a late wake cannot write to a reused descriptor number.
+        """
+        # A full pipe already holds a wake-up byte.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write_fd, b"\0")
+
+    def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``done()``; False if ``timeout`` seconds pass first.
+
+        For a drain after the stop: ``done()`` is checked again on each
+        ``wake()`` and each signal, and since a signal wakes this wait, a
+        second SIGINT or a SIGQUIT still exits at once.
+        """
+        deadline = time.monotonic() + timeout
+        # Pending signal handlers run at the loop's jump back, before done().
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if select.select([self._read_fd], [], [], remaining)[0]:
+                os.read(self._read_fd, 4096)
+        return True
 
     def close(self) -> None:
         os.close(self._read_fd)

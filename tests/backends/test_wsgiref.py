@@ -27,13 +27,12 @@ import pytest
 
 from juggler.backends.base import HeadLimits
 from juggler.backends.http11 import (
-    ChunkedBody,
     ClientDisconnected,
     HttpError,
-    LengthBody,
     Reader,
     parse_head,
 )
+from juggler.backends.http11_body import ChunkedBody, LengthBody
 
 APP = "wsgiref_apps:router"
 LIMITS = HeadLimits()
