@@ -62,6 +62,7 @@ from juggler.backends.base import (
     ServeOptions,
     require,
 )
+from juggler.backends.head import head_without_body
 from juggler.backends.signals import STOP_SIGNALS, exit_now
 
 log = logging.getLogger("juggler.backends.meinheld")
@@ -261,6 +262,8 @@ def environ_fixer(app: App, sock: socket.socket) -> App:
 
     Together that is three system calls per request on TCP, two on UNIX.
     """
+    # meinheld also sends the body of a HEAD response (see head.py).
+    app = head_without_body(app)
     if sock.family == socket.AF_UNIX:
         return _unix_fixer(app)
     host, port = sock.getsockname()[:2]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from juggler.backends.base import App, Backend, ServeContext, ServeOptions, require
+from juggler.backends.head import head_without_body
 from juggler.backends.signals import StopRequest
 
 log = logging.getLogger("juggler.backends.waitress")
@@ -74,6 +75,7 @@ class WaitressBackend(Backend):
         # down must still find the pipe its handler writes to.
         stop = StopRequest()
         stop.install()
+        app = head_without_body(app)
         server = _make_server(self._classes, sock, app, context.options)
         loop = _Loop(server, on_crash=stop.trigger)
         loop.start()

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from juggler.backends.base import App, Backend, ServeContext, ServeOptions, require
+from juggler.backends.head import head_without_body
 from juggler.backends.signals import StopRequest
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class WerkzeugBackend(Backend):
         stop = StopRequest()
         stop.install()
 
-        server: Any = self._make_server(sock, app)
+        server: Any = self._make_server(sock, head_without_body(app))
         accept_thread = threading.Thread(
             target=server.serve_forever, name="werkzeug-accept", daemon=True
         )

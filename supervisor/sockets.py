@@ -48,8 +48,8 @@ class BoundSocket:
         return self.sock.fileno()
 
     def location(self) -> str:
-        if self.spec.path is not None:
-            return f"unix:{self.spec.path}"
+        if self.sock.family == socket.AF_UNIX:
+            return f"unix:{self.sock.getsockname() or self.spec.path}"
         host, port = self.sock.getsockname()[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -13,12 +13,6 @@ Keys: (backend, exchange) or (backend, exchange, family).
 
 from __future__ import annotations
 
-_HEAD_BODY = (
-    "{server} writes the app's body after a HEAD response, as WSGI leaves "
-    "HEAD to the app; a keep-alive client then reads the body as the next "
-    "status line. Seen with the bare server too. Fixing it takes a wrapper "
-    "in the runner that drops the body of HEAD responses."
-)
 _HTTP_SERVER_PARSER = (
     "{server} parses the head with the email package (as http.client does), "
     "which takes a line without a colon for the end of the head: the request "
@@ -34,10 +28,6 @@ _WERKZEUG_CLOSES = (
 )
 
 KNOWN_LIMITS: dict[tuple[str, ...], str] = {
-    ("waitress", "head"): _HEAD_BODY.format(server="waitress"),
-    ("werkzeug", "head"): _HEAD_BODY.format(server="werkzeug"),
-    ("meinheld", "head"): _HEAD_BODY.format(server="meinheld 1.0.2")
-    + " meinheld's is_no_body() only keeps Transfer-Encoding off.",
     ("werkzeug", "malformed_header"): _HTTP_SERVER_PARSER.format(
         server="http.server (under werkzeug)"
     ),

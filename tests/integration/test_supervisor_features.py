@@ -1,0 +1,156 @@
+"""Watcher options end to end: max_age, readiness, privileges, rlimits, fds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from harness import (
+    APPS_DIR,
+    SupervisorProcess,
+    http_get,
+    juggler_command,
+    stop_group,
+    wait_for,
+)
+
+WEB = """
+[socket:web]
+path = {tmp}/web.sock
+
+[watcher:web]
+cmd = runner serve --fd $(circus.sockets.web) --python-path {tmp} --python-path {apps}
+args = %(app)s
+numprocesses = 2
+copy_env = true
+%(extra)s
+"""
+
+
+@pytest.fixture
+def supervisor():
+    started: list[SupervisorProcess] = []
+
+    def start(config: str) -> SupervisorProcess:
+        sup = SupervisorProcess(config)
+        started.append(sup)
+        sup.start()
+        return sup
+
+    yield start
+    for sup in started:
+        sup.stop()
+
+
+def test_max_age_recycles_one_at_a_time_keeping_the_count(supervisor):
+    sup = supervisor(
+        WEB % {"app": "hello:app", "extra": "max_age = 1\nmax_age_variance = 0"}
+    )
+    sup.wait_log("ready: web[", count=2)
+    first = set(sup.children())
+    sup.wait_log("recycling: web[", count=2)
+    wait_for(lambda: not first & set(sup.children()) and len(sup.children()) == 2)
+    log = sup.log()
+    assert "after max_age=1s" in log
+    # A successor is ready before its predecessor is told to stop.
+    first_recycle = log.index("recycling: web[")
+    assert log.index("ready: web[", first_recycle) < log.index(
+        "stopping: web[", first_recycle
+    )
+    assert http_get(f"{sup.tmp}/web.sock")[0] == 200
+
+
+def test_restart_to_a_broken_app_keeps_the_old_processes(supervisor):
+    sup = supervisor(WEB % {"app": "replaceable:app", "extra": ""})
+    shutil.copy(APPS_DIR / "replaceable.py", os.path.join(sup.tmp, "replaceable.py"))
+    sup.wait_log("ready: web[", count=2)
+    serving = set(sup.children())
+    with open(os.path.join(sup.tmp, "replaceable.py"), "w") as f:
+        f.write("this is not python\n")
+    done = sup.ctl("restart", "web")
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: web: a new process did not become ready")
+    assert done.stderr.count("\n") == 1
+    assert set(sup.children()) == serving
+    assert http_get(f"{sup.tmp}/web.sock")[0] == 200
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+def test_uid_gid_drop_is_complete(supervisor):
+    # pytest's tmp_path sits in a 0700 folder that nobody cannot enter.
+    shared = tempfile.mkdtemp(prefix="juggler-identity-")
+    os.chmod(shared, 0o777)
+    report = Path(shared) / "identity.json"
+    sup = supervisor(
+        f"""
+[watcher:dropped]
+# The venv's interpreter lives under /root, which nobody cannot enter.
+cmd = /usr/bin/python3 {{apps}}/identity.py {report}
+uid = nobody
+gid = nogroup
+rlimit_nofile = 321
+umask = 027
+ready = none
+"""
+    )
+    wait_for(report.exists, message="identity report")
+    identity = json.loads(report.read_text())
+    assert identity["uid"] == [65534, 65534, 65534]
+    assert identity["gid"] == [65534, 65534, 65534]
+    assert identity["groups"] == [65534]
+    assert identity["caps"]["CapEff"] == "0000000000000000"
+    assert identity["caps"]["CapPrm"] == "0000000000000000"
+    assert identity["nofile"] == [321, 321]
+    assert identity["umask"] == 0o027
+    assert identity["fds"] == [0, 1, 2, 3]  # 3: listdir's own descriptor
+    assert sup.children()
+    shutil.rmtree(shared)
+
+
+def test_adopts_an_inherited_socket_instead_of_binding(tmp_path):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "adopted.sock"))
+    listener.listen(16)
+    # A descriptor number far from those pytest's output capture uses.
+    fd = 57
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    os.dup2(listener.fileno(), fd, inheritable=False)
+    config = tmp_path / "juggler.ini"
+    config.write_text(
+        f"""
+[socket:web]
+fd = {fd}
+
+[watcher:web]
+cmd = runner serve --fd $(circus.sockets.web) --python-path {APPS_DIR} hello:app
+copy_env = true
+"""
+    )
+    env = {**os.environ, "JUGGLER_ENDPOINT": f"unix://{tmp_path}/ctl.sock"}
+    env["PATH"] = f"{os.path.dirname(juggler_command()[0])}:{env['PATH']}"
+    log = open(tmp_path / "log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [*juggler_command(), str(config)],
+        pass_fds=(fd,),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: b"ready: web[1]" in (tmp_path / "log").read_bytes())
+        assert http_get(str(tmp_path / "adopted.sock")) == (200, b"Hello, world!")
+    finally:
+        stop_group(proc)
+        log.close()
+        os.close(fd)
+        listener.close()
+    # An adopted path is not ours to remove.
+    assert (tmp_path / "adopted.sock").exists()
