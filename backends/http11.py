@@ -22,7 +22,6 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from email.utils import formatdate
 
 from juggler.backends.base import HeadLimits
 
@@ -323,8 +322,22 @@ def date_field() -> str:
     global _date_cache
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache = (now, f"Date: {formatdate(now, usegmt=True)}\r\n")
+        _date_cache = (now, f"Date: {http_date(now)}\r\n")
     return _date_cache[1]
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")  # fmt: skip
+
+
+def http_date(seconds: float) -> str:
+    """RFC 9110's date format, without importing email (10 ms at boot)."""
+    t = time.gmtime(seconds)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} "
+        f"{t.tm_year} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
 
 
 def error_response(status: int) -> bytes:
