@@ -218,8 +218,7 @@ def detect_interface(app: App) -> Interface:
 
 
 def add_python_paths(paths: list[str]) -> None:
-    """Put --python-path folders, then the working directory, first."""
-    for path in reversed([*paths, os.getcwd()]):
-        resolved = os.path.abspath(path)
-        if resolved not in sys.path:
-            sys.path.insert(0, resolved)
+    """Put --python-path folders, in order, then the working directory,
+    ahead of the rest of sys.path (each folder once)."""
+    first = list(dict.fromkeys(os.path.abspath(p) for p in [*paths, os.getcwd()]))
+    sys.path[:] = first + [p for p in sys.path if p not in first]

@@ -2,9 +2,14 @@
 
 Everything that does not depend on the process is resolved once, when the
 watcher is made: user and group names to ids, rlimit names to resources,
-the descriptors of the sockets it inherits. ``spawn_spec_factory`` returns
-the function that renders the per-process part -- ``$(circus.wid)`` and
+the descriptors of the sockets it inherits, its hooks (``hooks.py``) and
+its output streams (``streams.py``). ``spawn_spec_factory`` returns the
+``Launcher`` that renders the per-process part -- ``$(circus.wid)`` and
 ``$(circus.sockets.NAME)`` in cmd, args and env -- for each wid.
+
+A hook that cannot be imported or a stream file that cannot be opened does
+not fail the arbiter: it is logged as one line naming the watcher, and that
+watcher refuses to start (``Hooks.problem``) while the others run.
 """
 
 from __future__ import annotations
@@ -18,21 +23,56 @@ from collections.abc import Callable, Mapping
 
 from juggler.supervisor.config_model import WatcherConfig
 from juggler.supervisor.errors import SpawnError
+from juggler.supervisor.hooks import HookError, Hooks, search_path
 from juggler.supervisor.process import SpawnSpec
 from juggler.supervisor.sockets import BoundSocket
+from juggler.supervisor.streams import OutputStream, StreamError, open_stream
 from juggler.supervisor.substitute import render
 
 log = logging.getLogger("juggler.supervisor")
 
 
+class Launcher:
+    """Renders a watcher's ``SpawnSpec`` per wid; owns its hooks and streams.
+
+    Called as a function (``launcher(wid)``), so that a watcher can be
+    given a plain function instead (and then has no hooks nor streams).
+    """
+
+    def __init__(
+        self,
+        spec_for: Callable[[int], SpawnSpec],
+        hooks: Hooks,
+        streams: Mapping[str, OutputStream] | None = None,
+    ) -> None:
+        self._spec_for = spec_for
+        self.hooks = hooks
+        self.streams = dict(streams or {})
+
+    def __call__(self, wid: int) -> SpawnSpec:
+        return self._spec_for(wid)
+
+    async def close_streams(self) -> None:
+        """Close the output files; a later write opens them again."""
+        for stream in self.streams.values():
+            await stream.close()
+
+
+def launcher_of(spawn_spec: Callable[[int], SpawnSpec], name: str) -> Launcher:
+    """``spawn_spec`` itself, or a launcher with no hooks around a function."""
+    if isinstance(spawn_spec, Launcher):
+        return spawn_spec
+    return Launcher(spawn_spec, Hooks(name, {}))
+
+
 def spawn_spec_factory(
     config: WatcherConfig, sockets: Mapping[str, BoundSocket]
-) -> Callable[[int], SpawnSpec]:
-    """The function that gives the ``SpawnSpec`` of process ``wid``."""
+) -> Launcher:
+    """The launcher that gives the ``SpawnSpec`` of process ``wid``."""
     socket_fds = {name: sockets[name].fd for name in config.sockets}
     uid, gid = resolve_user(config)
     rlimits = resolve_rlimits(config)
-    _warn_unimplemented(config)
+    hooks, streams = _attachments(config, sockets)
 
     def spec_for(wid: int) -> SpawnSpec:
         def fill(template: str) -> str:
@@ -50,9 +90,55 @@ def spawn_spec_factory(
             pass_fds=tuple(sorted(socket_fds.values())),
             stdout="devnull" if config.close_child_stdout else None,
             stderr="devnull" if config.close_child_stderr else None,
+            stdout_sink=streams.get("stdout"),
+            stderr_sink=streams.get("stderr"),
         )
 
-    return spec_for
+    return Launcher(spec_for, hooks, streams)
+
+
+def _attachments(
+    config: WatcherConfig, sockets: Mapping[str, BoundSocket]
+) -> tuple[Hooks, dict[str, OutputStream]]:
+    """The watcher's hooks and streams; a failure leaves ``hooks.problem``."""
+
+    def locations() -> dict[str, str]:
+        return {name: bound.location() for name, bound in sockets.items()}
+
+    streams: dict[str, OutputStream] = {}
+    try:
+        hooks = Hooks.load(config, locations)
+        streams = _open_streams(config)
+    except (HookError, StreamError) as exc:
+        hooks = Hooks(config.name, {}, locations)
+        hooks.problem = str(exc)
+        log.error("%s; the watcher will not start", exc)
+    return hooks, streams
+
+
+def _open_streams(config: WatcherConfig) -> dict[str, OutputStream]:
+    streams = {}
+    for name in ("stdout", "stderr"):
+        stream = getattr(config, f"{name}_stream")
+        if stream is None:
+            continue
+        if getattr(config, f"close_child_{name}"):
+            log.warning(
+                "%s: close_child_%s is set: %s_stream gets no output",
+                config.name,
+                name,
+                name,
+            )
+            continue
+        try:
+            streams[name] = open_stream(
+                config.name, name, stream, search_path(config.env)
+            )
+        except StreamError:
+            for opened in streams.values():
+                opened.stream.close()
+            raise
+    return streams
 
 
 def command_line(config: WatcherConfig, fill: Callable[[str], str]) -> list[str]:
@@ -102,25 +188,3 @@ def resolve_rlimits(config: WatcherConfig) -> dict[int, tuple[int, int]]:
         limit = resource.RLIM_INFINITY if value < 0 else value
         limits[resource_id] = (limit, limit)
     return limits
-
-
-def _warn_unimplemented(config: WatcherConfig) -> None:
-    # Known shortcoming: output capture into streams and hooks are not wired
-    # to the process layer yet. Until they are, a watcher's output goes to
-    # the supervisor's own stdout/stderr (Circus's behaviour with no stream
-    # configured) and hooks do not run. Wiring them needs a pipe per stream
-    # read on the loop (process.py) and a hook runner in watcher.py.
-    for stream in ("stdout_stream", "stderr_stream"):
-        if getattr(config, stream) is not None:
-            log.warning(
-                "%s: %s is not implemented yet; output goes to juggler's own %s",
-                config.name,
-                stream,
-                stream.split("_")[0],
-            )
-    if config.hooks:
-        log.warning(
-            "%s: hooks (%s) are not implemented yet and will not run",
-            config.name,
-            ", ".join(sorted(config.hooks)),
-        )

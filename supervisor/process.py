@@ -11,6 +11,10 @@ wakes the moment the child exits, with no polling interval and no SIGCHLD
 handler. Signals go through the same pidfd (``pidfd_send_signal``), and the
 pidfd is closed once the child is reaped, so a signal can never reach a
 recycled pid.
+
+A watcher with an output stream gets a pipe per stream (``OutputPipe``):
+the loop reads it as data arrives, so the child never blocks on a full
+pipe, and when the child dies what is left is read before the pipe closes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import pwd
@@ -30,10 +35,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from juggler.supervisor.errors import SpawnError
+from juggler.supervisor.streams import LineSplitter, OutputStream, Piece
 
 log = logging.getLogger("juggler.supervisor")
 
 PR_SET_PDEATHSIG = 1
+# A pipe of 256 KiB (the default is 64) lets a chatty child run ahead of
+# the loop longer; each wake-up reads up to that much.
+PIPE_SIZE = READ_SIZE = 256 * 1024
+# At the child's death, read at most this much more: a grandchild that
+# kept the pipe and keeps writing must not hold the loop.
+DRAIN_LIMIT = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,9 @@ class SpawnSpec:
     # None: inherit the supervisor's stream; "devnull": discard it.
     stdout: str | None = None
     stderr: str | None = None
+    # A stream to pipe the output to (unless discarded above).
+    stdout_sink: OutputStream | None = None
+    stderr_sink: OutputStream | None = None
 
 
 def exit_description(status: int) -> str:
@@ -79,6 +94,8 @@ class Process:
         popen: subprocess.Popen[bytes],
         pidfd: int,
         notify: NotifyChannel | None,
+        *,
+        outputs: tuple[OutputPipe, ...] = (),
     ) -> None:
         self.watcher = watcher
         self.wid = wid
@@ -87,9 +104,11 @@ class Process:
         self.ready_at: float | None = None
         self.exit_status: int | None = None
         self.stopping = False  # a stop was asked: its exit is expected
+        self.on_trial = False  # a replacement not yet ready (watcher.py)
         self._popen = popen
         self._pidfd: int | None = pidfd
         self.notify = notify
+        self.outputs = outputs
         self.exited = asyncio.get_running_loop().create_future()
 
     def __repr__(self) -> str:
@@ -134,6 +153,8 @@ class Process:
         self._popen.returncode = os.waitstatus_to_exitcode(status)
         if self.notify is not None:
             self.notify.close()
+        for output in self.outputs:
+            output.finish()
         if not self.exited.done():
             self.exited.set_result(status)
 
@@ -142,6 +163,73 @@ class Process:
         if self.exit_status is None or os.WIFSIGNALED(self.exit_status):
             return None
         return os.waitstatus_to_exitcode(self.exit_status)
+
+
+class OutputPipe:
+    """The arbiter's end of a child's stdout or stderr pipe.
+
+    Made before the fork; ``child_fd`` becomes the child's stream and is
+    closed here once the child has it. Each end is closed exactly once.
+    """
+
+    def __init__(self, sink: OutputStream) -> None:
+        self.sink = sink
+        self.fd, self.child_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.fd, False)
+        with contextlib.suppress(OSError):  # above pipe-max-size: keep 64 KiB
+            fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self.pid = 0
+        self._splitter = LineSplitter()
+
+    def start(self, pid: int) -> None:
+        """The child runs: close its end here and read ours on the loop."""
+        self.pid = pid
+        self._close_child_end()
+        asyncio.get_running_loop().add_reader(self.fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.error("output: pid=%d %s: %s", self.pid, self.sink.name, exc)
+            data = b""
+        if data:
+            self._deliver(self._splitter.feed(data))
+        else:
+            self.finish()  # the child (and all it started) closed the pipe
+
+    def finish(self) -> None:
+        """The child died: read what is left, then close the pipe."""
+        if self.fd < 0:
+            return
+        drained = 0
+        with contextlib.suppress(OSError):
+            while drained < DRAIN_LIMIT and (data := os.read(self.fd, READ_SIZE)):
+                drained += len(data)
+                self._deliver(self._splitter.feed(data))
+        self._deliver(self._splitter.flush())
+        if self.pid:
+            asyncio.get_running_loop().remove_reader(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+    def abort(self) -> None:
+        """The spawn failed: close both ends."""
+        self._close_child_end()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _close_child_end(self) -> None:
+        if self.child_fd >= 0:
+            os.close(self.child_fd)
+            self.child_fd = -1
+
+    def _deliver(self, pieces: list[Piece]) -> None:
+        if pieces:
+            self.sink.write(self.pid, pieces)
 
 
 class NotifyChannel:
@@ -185,6 +273,9 @@ def spawn(
     env = dict(spec.env)
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify.path
+    stdout = _output_pipe(spec.stdout, spec.stdout_sink)
+    stderr = _output_pipe(spec.stderr, spec.stderr_sink)
+    outputs = tuple(p for p in (stdout, stderr) if p is not None)
     try:
         popen = subprocess.Popen(
             spec.argv,
@@ -192,8 +283,8 @@ def spawn(
             env=env,
             cwd=spec.cwd,
             stdin=subprocess.DEVNULL,
-            stdout=_stream_target(spec.stdout),
-            stderr=_stream_target(spec.stderr),
+            stdout=_stream_target(spec.stdout, stdout),
+            stderr=_stream_target(spec.stderr, stderr),
             pass_fds=spec.pass_fds,
             process_group=0,
             # The arbiter is single-threaded, so preexec_fn is safe here; it
@@ -203,17 +294,27 @@ def spawn(
     except (OSError, subprocess.SubprocessError) as exc:
         if notify is not None:
             notify.close()
+        for output in outputs:
+            output.abort()
         raise SpawnError(
             f"{watcher}[{wid}]: cannot start {spec.argv[0]}: {exc}"
         ) from exc
+    for output in outputs:
+        output.start(popen.pid)
     pidfd = os.pidfd_open(popen.pid)
-    process = Process(watcher, wid, popen, pidfd, notify)
+    process = Process(watcher, wid, popen, pidfd, notify, outputs=outputs)
     loop.add_reader(pidfd, process._on_pidfd_readable)
     return process
 
 
-def _stream_target(kind: str | None) -> int | None:
-    return subprocess.DEVNULL if kind == "devnull" else None
+def _output_pipe(kind: str | None, sink: OutputStream | None) -> OutputPipe | None:
+    return OutputPipe(sink) if sink is not None and kind != "devnull" else None
+
+
+def _stream_target(kind: str | None, pipe: OutputPipe | None) -> int | None:
+    if kind == "devnull":
+        return subprocess.DEVNULL
+    return pipe.child_fd if pipe is not None else None
 
 
 def _child_setup(spec: SpawnSpec, supervisor_pid: int) -> Callable[[], None]:

@@ -43,6 +43,8 @@ from juggler.supervisor.config_model import WatcherConfig
 from juggler.supervisor.errors import SpawnError
 from juggler.supervisor.events import EventBus
 from juggler.supervisor.flapping import FlappingDetector
+from juggler.supervisor.hooks import HookVeto
+from juggler.supervisor.launch import Launcher, launcher_of
 from juggler.supervisor.process import Process, SpawnSpec, exit_description
 
 log = logging.getLogger("juggler.supervisor")
@@ -83,6 +85,12 @@ class Watcher:
         self.processes: dict[int, Process] = {}
         self.restarts = 0
         self._spawn_spec = spawn_spec
+        # hooks/streams: the launcher (launch.py) brings the watcher's hooks
+        # and output streams; a plain function brings none.
+        self._launcher = launcher_of(spawn_spec, config.name)
+        self._hooks = self._launcher.hooks
+        self._retired: list[Launcher] = []  # replaced by reconfigure
+        self._spawning = 0  # spawns reserved by _fill, not yet serving
         self._runtime_dir = runtime_dir
         self._events = events
         self._flapping = FlappingDetector(config.flapping)
@@ -103,6 +111,10 @@ class Watcher:
         """Stop every process gracefully, SIGKILL after graceful_timeout."""
         async with self._lock:
             await self._stop()
+            # streams: closed with the watcher; reopened by the next output.
+            for launcher in (*self._retired, self._launcher):
+                await launcher.close_streams()
+            self._retired.clear()
 
     async def restart(self, *, rolling: bool = True) -> None:
         """Replace every process; rolling: each new one ready first."""
@@ -123,7 +135,10 @@ class Watcher:
                 return
             extra = sorted(self._serving(), key=lambda p: p.wid)[self.numprocesses :]
             await asyncio.gather(*(self._stop_process(p) for p in extra))
-            await self._wait_all_ready(self._reconcile(watch=False))
+            try:
+                await self._wait_all_ready(await self._fill())
+            except HookVeto:  # hooks: a spawn veto stops the watcher
+                await self._stop()
 
     async def reconfigure(
         self, config: WatcherConfig, spawn_spec: Callable[[int], SpawnSpec]
@@ -133,6 +148,11 @@ class Watcher:
         async with self._lock:
             self.config = config
             self._spawn_spec = spawn_spec
+            # hooks/streams: running processes keep writing to the old
+            # streams until they exit; stop() closes those too.
+            self._retired.append(self._launcher)
+            self._launcher = launcher_of(spawn_spec, config.name)
+            self._hooks = self._launcher.hooks
             self._flapping.policy = config.flapping
         if config.numprocesses != self.numprocesses:
             await self.set_numprocesses(config.numprocesses)
@@ -146,10 +166,27 @@ class Watcher:
     async def _start(self) -> None:
         if self.state == WatcherState.RUNNING:
             return
+        # hooks: a watcher whose hook or stream failed to load never starts.
+        if self._hooks.problem is not None:
+            log.error("not starting: %s", self._hooks.problem)
+            return
         self._cancel_timers()
+        if not await self._hooks.call("before_start", self):  # hooks
+            self._set_state(WatcherState.STOPPED)
+            return
         self._set_state(WatcherState.STARTING)
-        started = [self._spawn() for _ in range(self.numprocesses)]
-        await self._wait_all_ready([p for p in started if p is not None])
+        try:
+            started = await self._fill()
+        except HookVeto:  # hooks: a spawn veto aborts the start
+            await self._stop()
+            return
+        await self._wait_all_ready(started)
+        # hooks: after_start may veto: the watcher is stopped again.
+        if self.state == WatcherState.STARTING and not await self._hooks.call(
+            "after_start", self
+        ):
+            await self._stop()
+            return
         if self.state == WatcherState.STARTING:
             self._set_state(WatcherState.RUNNING)
 
@@ -158,10 +195,12 @@ class Watcher:
         if self.state == WatcherState.STOPPED and not self.processes:
             return
         self._set_state(WatcherState.STOPPING)
+        await self._hooks.call("before_stop", self)  # hooks: result ignored
         await asyncio.gather(
             *(self._stop_process(p) for p in list(self.processes.values()))
         )
         self._set_state(WatcherState.STOPPED)
+        await self._hooks.call("after_stop", self)  # hooks: result ignored
 
     async def _stop_process(self, process: Process) -> None:
         """Stop one process: stop_signal, then SIGKILL after the timeout."""
@@ -175,7 +214,13 @@ class Watcher:
             signal.Signals(self.config.stop_signal).name,
             timeout,
         )
-        process.send_signal(self.config.stop_signal, group=self.config.stop_children)
+        # hooks: before_signal may keep the stop signal (not SIGKILL) back.
+        signum = self.config.stop_signal
+        if await self._hooks.call(
+            "before_signal", self, pid=process.pid, signum=signum
+        ):
+            process.send_signal(signum, group=self.config.stop_children)
+            self._hooks.call_soon("after_signal", self, pid=process.pid, signum=signum)
         try:
             await asyncio.wait_for(asyncio.shield(process.exited), timeout)
         except TimeoutError:
@@ -185,7 +230,10 @@ class Watcher:
 
     async def _replace(self, old: Process) -> None:
         """Start a successor for ``old``; stop ``old`` once it is ready."""
-        new = self._spawn()
+        try:
+            new = await self._spawn(on_trial=True)
+        except HookVeto as exc:  # hooks
+            raise RestartFailed(f"{exc}; {old!r} keeps serving") from None
         if new is None or not await self._wait_ready(new):
             if new is not None:
                 await self._stop_process(new)
@@ -193,6 +241,7 @@ class Watcher:
                 f"{self.name}: a new process did not become ready; "
                 f"{old!r} keeps serving"
             )
+        new.on_trial = False
         await self._stop_process(old)
 
     # -- processes -----------------------------------------------------------
@@ -204,7 +253,15 @@ class Watcher:
         used = {p.wid for p in self.processes.values()}
         return next(wid for wid in range(1, len(used) + 2) if wid not in used)
 
-    def _spawn(self) -> Process | None:
+    async def _spawn(self, *, on_trial: bool = False) -> Process | None:
+        """Spawn one process; None if it failed (a retry is scheduled).
+
+        A process ``on_trial`` is a replacement that must prove itself ready
+        before it counts: its death is the failure of a restart, not a crash
+        of the watcher. Raises ``HookVeto`` if before_spawn or after_spawn
+        vetoed it.
+        """
+        await self._hooks.check("before_spawn", self)  # hooks
         wid = self._free_wid()
         notify_path = None
         if self.config.ready == "notify":
@@ -217,10 +274,15 @@ class Watcher:
             self._on_spawn_failed(wid, exc)
             return None
         self._spawn_failures = 0
+        process.on_trial = on_trial
         self.processes[process.pid] = process
         process.exited.add_done_callback(lambda _: self._on_exit(process))
         log.info("spawned: %r", process)
         self._events.emit("spawn", watcher=self.name, wid=wid, pid=process.pid)
+        # hooks: after_spawn may veto: the new process is stopped.
+        if not await self._hooks.call("after_spawn", self, wid=wid, pid=process.pid):
+            await self._stop_process(process)
+            raise HookVeto(f"{self.name}: hook after_spawn vetoed {process!r}")
         return process
 
     def _on_spawn_failed(self, wid: int, exc: SpawnError) -> None:
@@ -308,8 +370,15 @@ class Watcher:
             how=how,
             expected=process.stopping,
         )
+        # hooks: the reap hooks run in the background; nothing waits for them.
+        self._hooks.reaped(self, process.pid, process.exit_status, process.stopping)
         if process.stopping:
             log.info("exited: %r %s (stopped)", process, how)
+            return
+        if process.on_trial:
+            # The restart that spawned it reports the failure; the processes
+            # it was to replace keep serving.
+            log.warning("exited: %r %s (replacement failed)", process, how)
             return
         self._log_unexpected_exit(process, how)
         if self.state not in (WatcherState.RUNNING, WatcherState.STARTING):
@@ -394,20 +463,39 @@ class Watcher:
                     lambda: self._spawn_task(self.start()),
                 )
 
-    def _reconcile(self, *, watch: bool = True) -> list[Process]:
+    def _reconcile(self) -> None:
+        """Spawn what is missing to reach numprocesses, in the background."""
+        if self.state in (WatcherState.RUNNING, WatcherState.STARTING):
+            self._spawn_task(self._refill())
+
+    async def _refill(self) -> None:
+        try:
+            new = await self._fill()
+        except HookVeto:  # hooks: a spawn veto stops the watcher
+            await self.stop()
+            return
+        await self._wait_all_ready(new)
+
+    async def _fill(self) -> list[Process]:
         """Spawn what is missing to reach numprocesses; return the new ones.
 
-        With ``watch``, a background task waits for each to be ready; the
-        caller waits itself otherwise.
+        The count is reserved first (``_spawning``): while a hook runs,
+        another fill must not spawn the same missing processes again.
         """
         if self.state not in (WatcherState.RUNNING, WatcherState.STARTING):
             return []
-        missing = self.numprocesses - len(self._serving())
-        spawned = [self._spawn() for _ in range(max(0, missing))]
-        new = [p for p in spawned if p is not None]
-        if watch:
-            for process in new:
-                self._spawn_task(self._watch_readiness(process))
+        reserved = max(0, self.numprocesses - len(self._serving()) - self._spawning)
+        self._spawning += reserved
+        new: list[Process] = []
+        try:
+            for _ in range(reserved):
+                process = await self._spawn()
+                self._spawning -= 1
+                reserved -= 1
+                if process is not None:  # else a retry is scheduled
+                    new.append(process)
+        finally:
+            self._spawning -= reserved
         return new
 
     async def _watch_readiness(self, process: Process) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from juggler.runner.app import AppSpec, parse_spec
@@ -78,3 +80,17 @@ def test_factory_arguments_are_never_evaluated() -> None:
 def test_refusal_names_the_expected_form() -> None:
     with pytest.raises(UsageError, match="expected module:attr"):
         parse_spec("mod:1x")
+
+
+def test_python_paths_keep_their_order_when_one_is_the_working_directory(
+    tmp_path, monkeypatch
+):
+    from juggler.runner.app import add_python_paths
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    monkeypatch.setattr(sys, "path", ["/usr/lib/python3", str(second)])
+    add_python_paths([str(first), str(second)])
+    assert sys.path == [str(first), str(second), "/usr/lib/python3"]
