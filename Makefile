@@ -39,11 +39,15 @@ typecheck: setup
 	@rm -rf .typecheck && mkdir -p .typecheck/juggler
 	@for pkg in runner backends supervisor; do ln -s ../../$$pkg .typecheck/juggler/$$pkg; done
 	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p juggler
+	$(BIN)/mypy --config-file pyproject.toml bench
 
 pytest: setup
 	$(BIN)/pytest
 
+# The peers the benchmark measures (gunicorn, circus, ...) are the bench
+# extra, installed only here: the tests do not need them.
 bench: setup sysdeps
+	$(BIN)/pip install --quiet -e '.[all,dev,bench]'
 	$(BIN)/python -m bench --quick
 
 clean:

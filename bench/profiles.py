@@ -1,0 +1,76 @@
+"""How much to measure: ``--quick`` (CI, a few minutes) or ``--full``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+ALL_BACKENDS = ("wsgiref", "gevent", "meinheld", "waitress", "uvicorn")
+ALL_WORKLOADS = ("hello", "64k", "post", "wait")
+# workload -> (path, wrk script or None)
+WORKLOAD_PATHS = {
+    "hello": "/",
+    "64k": "/64k",
+    "post": "/post",
+    "wait": "/wait",
+}
+WORKLOAD_TITLES = {
+    "hello": "hello world, 13 bytes",
+    "64k": "64 KiB response",
+    "post": "POST, 16 KiB body",
+    "wait": "waits 10 ms (I/O bound)",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One benchmark plan; every figure it uses is recorded in the report."""
+
+    name: str
+    rounds: int
+    duration: float
+    warmup: float
+    backends: tuple[str, ...]
+    workloads: tuple[str, ...]
+    # Workloads also measured with nginx -> 127.0.0.1 (UNIX socket always).
+    tcp_workloads: tuple[str, ...]
+    kills: int
+    idle_counts: tuple[int, ...]
+    idle_window: float
+    # Backends of the restart rows. wsgiref pairs with gunicorn's gthread
+    # and chaussette's wsgiref; meinheld (full only) shows that gunicorn's
+    # meinheld worker takes its master down when a worker is SIGKILLed.
+    process_backends: tuple[str, ...] = ("wsgiref",)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+QUICK = Profile(
+    name="quick",
+    rounds=1,
+    duration=5,
+    warmup=2,
+    backends=("wsgiref", "gevent", "meinheld", "uvicorn"),
+    workloads=("hello",),
+    tcp_workloads=(),
+    kills=5,
+    idle_counts=(1, 100),
+    idle_window=3,
+)
+
+FULL = Profile(
+    name="full",
+    rounds=5,
+    duration=10,
+    warmup=2,
+    backends=ALL_BACKENDS,
+    workloads=ALL_WORKLOADS,
+    tcp_workloads=("hello",),
+    kills=20,
+    idle_counts=(1, 100, 1000),
+    idle_window=10,
+    process_backends=("wsgiref", "meinheld"),
+)
+
+PROFILES = {"quick": QUICK, "full": FULL}
