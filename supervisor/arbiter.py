@@ -16,8 +16,10 @@ SIGTERM, SIGINT and SIGQUIT stop the watchers in reverse priority and exit 0;
 SIGHUP re-reads the config and applies only the difference, and an invalid
 new config is rejected whole while the running stack keeps serving.
 
-Nothing in the loop blocks: spawning is a fork+exec, output goes to the
-supervisor's own streams, and every wait is an awaitable with a deadline.
+Nothing in the loop blocks: spawning is a fork+exec, captured output is read
+from non-blocking pipes (``streams.py``), hooks and stats sampling run in
+threads, and every wait is an awaitable with a deadline. The control
+channel (``control.py``) runs each request as its own task.
 """
 
 from __future__ import annotations
