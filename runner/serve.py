@@ -36,6 +36,7 @@ from juggler.runner.errors import (
     UsageError,
 )
 from juggler.runner.notify import Notifier
+from juggler.runner.standby import standby_fd_from_environ, wait_for_promotion
 
 log = logging.getLogger("juggler.runner")
 
@@ -140,6 +141,7 @@ def run(settings: Settings) -> int:
     add_python_paths(list(settings.python_path))
     parent.exit_with_parent()
     notifier = Notifier.from_environ()
+    standby_fd = standby_fd_from_environ()
 
     sock = open_listener(settings)
     backend = None
@@ -161,6 +163,8 @@ def run(settings: Settings) -> int:
         on_ready=lambda: _on_ready(notifier, settings, backend, sock),
         on_draining=lambda: _on_draining(notifier, options),
     )
+    if standby_fd is not None and not wait_for_promotion(standby_fd, notifier):
+        return EXIT_OK
     _call_hook(settings.pre_hook, "pre-hook", settings)
     try:
         backend.serve(sock, app, context)

@@ -20,7 +20,7 @@ import psutil
 from juggler.supervisor.config import json_object, to_json
 from juggler.supervisor.config_model import WatcherConfig, options_of
 from juggler.supervisor.config_values import READERS
-from juggler.supervisor.config_watcher import default_ready
+from juggler.supervisor.config_watcher import default_ready, is_runner
 from juggler.supervisor.control import CommandError
 from juggler.supervisor.substitute import SubstitutionError, socket_references
 from juggler.supervisor.watcher import RestartFailed, Watcher
@@ -265,7 +265,11 @@ class Commands:
         except SubstitutionError as exc:
             raise CommandError(str(exc)) from None
         config = WatcherConfig(
-            name=name, cmd=cmd, sockets=frozenset(sockets), ready=default_ready(cmd)
+            name=name,
+            cmd=cmd,
+            sockets=frozenset(sockets),
+            ready=default_ready(cmd),
+            spare_processes=1 if is_runner(cmd) else 0,
         )
         watcher = await self.arbiter.add_watcher(config, start=bool(args.get("start")))
         return watcher.status()

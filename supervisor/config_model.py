@@ -289,6 +289,15 @@ class WatcherConfig:
             "notify when cmd is a runner, else warmup",
         ),
     ] = "warmup"
+    spare_processes: Annotated[
+        int,
+        Opt(
+            "count",
+            "juggler: processes kept booted but not serving, put to work the "
+            "moment a serving one dies (runner only: it waits on "
+            "JUGGLER_STANDBY_FD); 1 when cmd is a runner, else 0",
+        ),
+    ] = 0
     ready_timeout: Annotated[
         float, Opt("duration", "juggler: seconds to wait for READY=1")
     ] = 30.0

@@ -227,6 +227,7 @@ def _assemble(
     if values.get("use_sockets"):
         used = set(ctx.socket_names)
     values.setdefault("ready", default_ready(values["cmd"]))
+    values.setdefault("spare_processes", 1 if is_runner(values["cmd"]) else 0)
     if not values.get("check_flapping", True):
         extra["flapping"] = replace(extra["flapping"], enabled=False)
     return WatcherConfig(
@@ -271,14 +272,17 @@ def _where(section: Section, key: str) -> Where:
     return entry.where if entry else section.where
 
 
-def default_ready(cmd: str) -> str:
-    """``notify`` for juggler's runner, which sends READY=1; else ``warmup``."""
+def is_runner(cmd: str) -> bool:
+    """Whether ``cmd`` runs juggler's runner (``runner`` or ``-m juggler.runner``)."""
     try:
         words = shlex.split(cmd)
     except ValueError:
-        return "warmup"
+        return False
     if words and os.path.basename(words[0]) == "runner":
-        return "notify"
-    if "-m" in words[:-1] and words[words.index("-m") + 1] == "juggler.runner":
-        return "notify"
-    return "warmup"
+        return True
+    return "-m" in words[:-1] and words[words.index("-m") + 1] == "juggler.runner"
+
+
+def default_ready(cmd: str) -> str:
+    """``notify`` for juggler's runner, which sends READY=1; else ``warmup``."""
+    return "notify" if is_runner(cmd) else "warmup"

@@ -192,13 +192,15 @@ def _print_status(result: dict[str, Any]) -> None:
     watchers = [result] if "state" in result else list(result.values())
     for watcher in watchers:
         processes = watcher["processes"]
+        serving = [p for p in processes if not p.get("spare")]
         print(
             f"{watcher['name']}: {watcher['state']} "
-            f"({len(processes)}/{watcher['numprocesses']} processes, "
+            f"({len(serving)}/{watcher['numprocesses']} processes, "
             f"{watcher['restarts']} restarts)"
         )
         for p in processes:
             ready = "ready" if p["ready"] else "starting"
+            ready = "spare" if p.get("spare") else ready
             print(f"  [{p['wid']}] pid={p['pid']:<8} {ready:<8} up {p['age']:.0f}s")
 
 

@@ -5,13 +5,15 @@ Circus shipped this as a plugin with four settings, which juggler keeps
 (``FlappingConfig``): ``attempts``, ``window``, ``retry_in``, ``max_retry``.
 juggler reads them as follows:
 
-- a process *died young* when it exited unexpectedly before it was ready,
-  or within ``window`` seconds of its start;
+- a process *died young* when it exited unexpectedly before it was ready
+  -- or, when readiness is only inferred (``ready = warmup`` or ``none``),
+  within ``window`` seconds of its start; a process that announced READY=1
+  itself was healthy, however soon it is killed;
 - ``attempts`` young deaths in a row make the watcher *flapping*: it is
   stopped, rests ``retry_in`` seconds and is started again;
 - after ``max_retry`` flapping episodes in a row it gives up and stays
   stopped (``max_retry = -1``: it never gives up);
-- a process that became ready and outlived ``window`` ends the streak.
+- a process that was ready for ``window`` seconds ends the streak.
 
 Circus counted every death within the window, so a few healthy workers
 killed in quick succession (by the OOM killer, say) stopped a whole

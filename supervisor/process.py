@@ -105,6 +105,9 @@ class Process:
         self.exit_status: int | None = None
         self.stopping = False  # a stop was asked: its exit is expected
         self.on_trial = False  # a replacement not yet ready (watcher.py)
+        # A spare waits on its standby pipe (write end here) until promoted.
+        self.spare = False
+        self.standby_fd: int | None = None
         self._popen = popen
         self._pidfd: int | None = pidfd
         self.notify = notify
@@ -153,10 +156,30 @@ class Process:
         self._popen.returncode = os.waitstatus_to_exitcode(status)
         if self.notify is not None:
             self.notify.close()
+        self.release_standby()
         for output in self.outputs:
             output.finish()
         if not self.exited.done():
             self.exited.set_result(status)
+
+    def promote(self) -> bool:
+        """Tell a spare to serve now; False if it is gone."""
+        if self.standby_fd is None:
+            return False
+        try:
+            os.write(self.standby_fd, b"\1")
+        except OSError:
+            return False
+        finally:
+            self.release_standby()
+        self.spare = False
+        return self.alive
+
+    def release_standby(self) -> None:
+        """Close our end of the standby pipe (a waiting spare then exits)."""
+        if self.standby_fd is not None:
+            os.close(self.standby_fd)
+            self.standby_fd = None
 
     def exit_code(self) -> int | None:
         """The exit code, or None if it died of a signal or still runs."""
@@ -266,13 +289,25 @@ def spawn(
     wid: int,
     spec: SpawnSpec,
     notify_path: str | None = None,
+    *,
+    standby: bool = False,
 ) -> Process:
-    """Start one child; raise ``SpawnError`` with a one-line cause."""
+    """Start one child; raise ``SpawnError`` with a one-line cause.
+
+    With ``standby``, the child is a spare: it gets the read end of a pipe in
+    JUGGLER_STANDBY_FD and waits on it before serving (runner/standby.py).
+    """
     loop = asyncio.get_running_loop()
     notify = NotifyChannel(notify_path) if notify_path else None
     env = dict(spec.env)
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify.path
+    pass_fds = spec.pass_fds
+    standby_read = standby_write = None
+    if standby:
+        standby_read, standby_write = os.pipe2(os.O_CLOEXEC)
+        env["JUGGLER_STANDBY_FD"] = str(standby_read)
+        pass_fds = (*pass_fds, standby_read)
     stdout = _output_pipe(spec.stdout, spec.stdout_sink)
     stderr = _output_pipe(spec.stderr, spec.stderr_sink)
     outputs = tuple(p for p in (stdout, stderr) if p is not None)
@@ -285,7 +320,7 @@ def spawn(
             stdin=subprocess.DEVNULL,
             stdout=_stream_target(spec.stdout, stdout),
             stderr=_stream_target(spec.stderr, stderr),
-            pass_fds=spec.pass_fds,
+            pass_fds=pass_fds,
             process_group=0,
             # The arbiter is single-threaded, so preexec_fn is safe here; it
             # is the only way to order rlimits, credentials and PDEATHSIG.
@@ -294,17 +329,27 @@ def spawn(
     except (OSError, subprocess.SubprocessError) as exc:
         if notify is not None:
             notify.close()
+        _close(standby_read, standby_write)
         for output in outputs:
             output.abort()
         raise SpawnError(
             f"{watcher}[{wid}]: cannot start {spec.argv[0]}: {exc}"
         ) from exc
+    _close(standby_read)  # the child has its copy
     for output in outputs:
         output.start(popen.pid)
     pidfd = os.pidfd_open(popen.pid)
     process = Process(watcher, wid, popen, pidfd, notify, outputs=outputs)
+    process.standby_fd = standby_write
+    process.spare = standby
     loop.add_reader(pidfd, process._on_pidfd_readable)
     return process
+
+
+def _close(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
 
 
 def _output_pipe(kind: str | None, sink: OutputStream | None) -> OutputPipe | None:

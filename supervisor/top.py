@@ -58,9 +58,10 @@ def lines(view: dict[str, Any]) -> list[tuple[str, bool]]:
     ]
     for name, watcher in view["status"].items():
         processes = watcher["processes"]
+        serving = [p for p in processes if not p.get("spare")]
         out.append(
             (
-                f"{name:<14}{watcher['state']} {len(processes)}/"
+                f"{name:<14}{watcher['state']} {len(serving)}/"
                 f"{watcher['numprocesses']} processes, "
                 f"{watcher['restarts']} restarts",
                 False,
@@ -78,7 +79,8 @@ def lines(view: dict[str, Any]) -> list[tuple[str, bool]]:
 
 
 def _process_line(process: dict[str, Any], stats: dict[str, Any] | None) -> str:
-    start = f"{'':<14}{process['wid']:>4}{process['pid']:>8}"
+    label = "spare" if process.get("spare") else ""
+    start = f"{label:<14}{process['wid']:>4}{process['pid']:>8}"
     if stats is None:
         return start + f"{'-':>7}{'-':>9}{'-':>6}{'-':>6}{process['age']:>8.0f}s"
     return start + (

@@ -91,6 +91,7 @@ class Watcher:
         self._hooks = self._launcher.hooks
         self._retired: list[Launcher] = []  # replaced by reconfigure
         self._spawning = 0  # spawns reserved by _fill, not yet serving
+        self._spare_spawning = 0  # likewise, for spares
         self._runtime_dir = runtime_dir
         self._events = events
         self._flapping = FlappingDetector(config.flapping)
@@ -123,6 +124,8 @@ class Watcher:
                 await self._stop()
                 await self._start()
                 return
+            # Spares run the old code: they go first, and come back after.
+            await asyncio.gather(*(self._stop_process(p) for p in self._spares()))
             for old in sorted(self._serving(), key=lambda p: p.wid):
                 await self._replace(old)
             self._reconcile()
@@ -189,6 +192,7 @@ class Watcher:
             return
         if self.state == WatcherState.STARTING:
             self._set_state(WatcherState.RUNNING)
+            self._spawn_task(self._top_up_spares())
 
     async def _stop(self) -> None:
         self._cancel_timers()
@@ -247,13 +251,23 @@ class Watcher:
     # -- processes -----------------------------------------------------------
 
     def _serving(self) -> list[Process]:
-        return [p for p in self.processes.values() if p.alive and not p.stopping]
+        """Processes that serve (or boot to serve), spares excluded."""
+        return [
+            p
+            for p in self.processes.values()
+            if p.alive and not p.stopping and not p.spare
+        ]
+
+    def _spares(self) -> list[Process]:
+        return [p for p in self.processes.values() if p.alive and p.spare]
 
     def _free_wid(self) -> int:
         used = {p.wid for p in self.processes.values()}
         return next(wid for wid in range(1, len(used) + 2) if wid not in used)
 
-    async def _spawn(self, *, on_trial: bool = False) -> Process | None:
+    async def _spawn(
+        self, *, on_trial: bool = False, spare: bool = False
+    ) -> Process | None:
         """Spawn one process; None if it failed (a retry is scheduled).
 
         A process ``on_trial`` is a replacement that must prove itself ready
@@ -269,7 +283,9 @@ class Watcher:
                 self._runtime_dir, f"{self.name}.{wid}.{time.monotonic_ns()}"
             )
         try:
-            process = proc.spawn(self.name, wid, self._spawn_spec(wid), notify_path)
+            process = proc.spawn(
+                self.name, wid, self._spawn_spec(wid), notify_path, standby=spare
+            )
         except SpawnError as exc:
             self._on_spawn_failed(wid, exc)
             return None
@@ -277,7 +293,7 @@ class Watcher:
         process.on_trial = on_trial
         self.processes[process.pid] = process
         process.exited.add_done_callback(lambda _: self._on_exit(process))
-        log.info("spawned: %r", process)
+        log.info("spawned: %r%s", process, " (spare)" if spare else "")
         self._events.emit("spawn", watcher=self.name, wid=wid, pid=process.pid)
         # hooks: after_spawn may veto: the new process is stopped.
         if not await self._hooks.call("after_spawn", self, wid=wid, pid=process.pid):
@@ -329,7 +345,10 @@ class Watcher:
     def _on_ready(self, process: Process) -> None:
         process.ready_at = time.monotonic()
         log.info(
-            "ready: %r after %.3fs", process, process.ready_at - process.started_at
+            "ready: %r after %.3fs%s",
+            process,
+            process.ready_at - process.started_at,
+            " (spare, waiting)" if process.spare else "",
         )
         self._events.emit("ready", watcher=self.name, wid=process.wid, pid=process.pid)
         self._fast_deaths = 0
@@ -338,6 +357,11 @@ class Watcher:
             self.config.flapping.window,
             lambda: self._end_young_streak(process),
         )
+        if not process.spare:  # a spare's age counts from its promotion
+            self._schedule_recycling(process)
+
+    def _schedule_recycling(self, process: Process) -> None:
+        """Recycle ``process`` after max_age (plus variance), if set."""
         if self.config.max_age > 0:
             age = self.config.max_age + random.uniform(0, self.config.max_age_variance)
             self._schedule(age, lambda: self._spawn_task(self._recycle(process)))
@@ -375,6 +399,9 @@ class Watcher:
         if process.stopping:
             log.info("exited: %r %s (stopped)", process, how)
             return
+        if process.spare:
+            self._after_spare_exit(process, how)
+            return
         if process.on_trial:
             # The restart that spawned it reports the failure; the processes
             # it was to replace keep serving.
@@ -386,6 +413,25 @@ class Watcher:
         if not self.config.respawn:
             return
         self._after_unexpected_exit(process)
+
+    def _after_spare_exit(self, process: Process, how: str) -> None:
+        """A spare never served: its death is no crash of the watcher and
+        never makes it flap. One that could not boot is retried after
+        retry_in; one that was ready (then killed) is replaced at once."""
+        if self.state != WatcherState.RUNNING:
+            return
+        if process.ready_at is not None:
+            log.warning("exited: %r %s (spare; replacing it)", process, how)
+            self._spawn_task(self._top_up_spares())
+            return
+        retry_in = self.config.flapping.retry_in
+        log.warning(
+            "exited: %r %s (spare failed to boot; next one in %gs)",
+            process,
+            how,
+            retry_in,
+        )
+        self._schedule(retry_in, lambda: self._spawn_task(self._top_up_spares()))
 
     def _log_unexpected_exit(self, process: Process, how: str) -> None:
         status = process.exit_status
@@ -408,7 +454,7 @@ class Watcher:
             self._flapping.record_episode()
             self._enter_flapping(f"exited with {hopeless}")
             return
-        young = process.ready_at is None or process.age() < self.config.flapping.window
+        young = self._died_young(process)
         if self._flapping.record_death(young=young):
             policy = self.config.flapping
             self._enter_flapping(f"{policy.attempts} processes died young in a row")
@@ -426,6 +472,14 @@ class Watcher:
             self._schedule(delay, self._reconcile)
         else:
             self._reconcile()
+
+    def _died_young(self, process: Process) -> bool:
+        """Before it was ready; or, when readiness is only a guess (warmup,
+        none), within the flapping window of its start."""
+        if process.ready_at is None:
+            return True
+        guessed = self.config.ready != "notify"
+        return guessed and process.age() < self.config.flapping.window
 
     def _backoff_delay(self) -> float:
         if self._fast_deaths < 2:
@@ -484,7 +538,9 @@ class Watcher:
         """
         if self.state not in (WatcherState.RUNNING, WatcherState.STARTING):
             return []
-        reserved = max(0, self.numprocesses - len(self._serving()) - self._spawning)
+        missing = self.numprocesses - len(self._serving()) - self._spawning
+        reserved = max(0, missing - self._promote_spares(missing))
+        self._spawn_task(self._top_up_spares())
         self._spawning += reserved
         new: list[Process] = []
         try:
@@ -497,6 +553,41 @@ class Watcher:
         finally:
             self._spawning -= reserved
         return new
+
+    def _promote_spares(self, wanted: int) -> int:
+        """Put up to ``wanted`` booted spares to work; return how many."""
+        promoted = 0
+        for spare in sorted(self._spares(), key=lambda p: p.started_at):
+            if promoted >= wanted:
+                break
+            if spare.ready_at is None or not spare.promote():
+                continue
+            promoted += 1
+            log.info("promoted: %r from spare to serving", spare)
+            self._events.emit(
+                "promote", watcher=self.name, wid=spare.wid, pid=spare.pid
+            )
+            self._schedule_recycling(spare)
+        return promoted
+
+    async def _top_up_spares(self) -> None:
+        """Boot spares until ``spare_processes`` wait, once running."""
+        if self.state != WatcherState.RUNNING:
+            return
+        wanted = self.config.spare_processes - len(self._spares())
+        wanted -= self._spare_spawning
+        self._spare_spawning += max(0, wanted)
+        try:
+            for _ in range(wanted):
+                spare = await self._spawn(spare=True)
+                self._spare_spawning -= 1
+                wanted -= 1
+                if spare is not None:
+                    self._spawn_task(self._watch_readiness(spare))
+        except HookVeto:
+            log.warning("%s: a hook vetoed a spare; running without one", self.name)
+        finally:
+            self._spare_spawning -= max(0, wanted)
 
     async def _watch_readiness(self, process: Process) -> None:
         """Wait for ``process`` to be ready; a laggard is stopped and counts
@@ -556,6 +647,7 @@ class Watcher:
                     "pid": p.pid,
                     "age": round(p.age(), 3),
                     "ready": p.ready_at is not None,
+                    "spare": p.spare,
                 }
                 for p in sorted(self.processes.values(), key=lambda p: p.wid)
             ],

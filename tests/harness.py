@@ -337,6 +337,30 @@ class SupervisorProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    def status(self) -> dict[str, object]:
+        """``status`` over the control socket itself (no CLI process)."""
+        import json
+
+        path = self.endpoint.removeprefix("unix://")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(DEFAULT_DEADLINE)
+            client.connect(path)
+            client.sendall(b'{"command": "status"}\n')
+            reply = json.loads(client.makefile("rb").readline())
+        assert reply["ok"], reply
+        return reply["result"]  # type: ignore[no-any-return]
+
+    def serving(self, watcher: str | None = None) -> list[int]:
+        """Pids of the processes that serve: spares left out."""
+        pids = [
+            process["pid"]
+            for name, state in self.status().items()
+            if watcher in (None, name)
+            for process in state["processes"]  # type: ignore[attr-defined]
+            if not process["spare"]
+        ]
+        return sorted(pids)
+
     def ctl(
         self, *args: str, timeout: float = DEFAULT_DEADLINE
     ) -> subprocess.CompletedProcess[str]:

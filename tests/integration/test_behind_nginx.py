@@ -59,10 +59,10 @@ def test_rolling_restarts_under_load_fail_no_request(stack, backend, app):
     with Load(nginx.port) as load:
         wait_for(lambda: load.result.total > 200, message="load flowing")
         for _ in range(3):
-            before = set(sup.children())
+            before = set(sup.serving())
             done = sup.ctl("restart", "web")
             assert done.returncode == 0, done.stderr
-            assert not before & set(sup.children())
+            assert not before & set(sup.serving())
         wait_for(lambda: load.result.total > 400)
     result = load.result
     print(
@@ -80,10 +80,10 @@ def test_killed_worker_costs_at_most_its_in_flight_requests(stack):
     sup, nginx = stack()
     with Load(nginx.port, clients=4) as load:
         wait_for(lambda: load.result.total > 100, message="load flowing")
-        victim = sup.children()[0]
+        victim = sup.serving()[0]
         os.kill(victim, signal.SIGKILL)
         sup.wait_log(f"pid={victim} signal=SIGKILL")
-        wait_for(lambda: len(sup.children()) == 2 and victim not in sup.children())
+        wait_for(lambda: len(sup.serving()) == 2 and victim not in sup.serving())
         served_before = load.result.total
         wait_for(lambda: load.result.total > served_before + 100)
     result = load.result

@@ -46,7 +46,7 @@ def test_demo_serves_with_several_workers(example):
         status, body = http_get(f"{sup.tmp}/web.sock")
         assert status == 200 and body.startswith(b"Hello from juggler worker pid")
         pids.add(int(body.split()[-1]))
-    children = sup.children()
+    children = sup.serving()
     assert len(children) == 4
     # Every answer came from one of the supervisor's own workers.
     assert pids <= set(children)

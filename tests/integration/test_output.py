@@ -62,7 +62,7 @@ def test_file_stream_gets_the_lines(supervisor):
     path = f"{sup.tmp}/out.log"
     wait_for(line_count(path, 100), message="100 lines in out.log")
     lines = read(path).splitlines()
-    pid = sup.children()[0]
+    pid = sup.serving()[0]
     assert lines == [f"{pid} line {n:05d} ".encode() for n in range(100)]
 
 
@@ -88,7 +88,7 @@ def test_max_bytes_rotation_keeps_every_line_whole(supervisor):
         data = read(name)
         assert 0 < len(data) <= 1000, name
         assert data.endswith(b"\n"), f"{name} ends mid-line"
-    pid = sup.children()[0]
+    pid = sup.serving()[0]
     joined = b"".join(read(f) for f in files).splitlines()
     assert joined == [
         f"{pid} line {n:05d} ".ljust(24, "x").encode() for n in range(150)
@@ -192,7 +192,7 @@ def test_time_format_prefixes_each_line(supervisor):
     )
     path = f"{sup.tmp}/out.log"
     wait_for(line_count(path, 3), message="3 lines")
-    pid = sup.children()[0]
+    pid = sup.serving()[0]
     stamp = rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
     for n, line in enumerate(read(path).splitlines()):
         expected = stamp + rb" \[%d\] \| %d line %05d " % (pid, pid, n)
@@ -210,7 +210,7 @@ def test_custom_class_receives_circus_style_dicts(supervisor):
         )
     )
     path = f"{sup.tmp}/custom.jsonl"
-    pid = sup.children()[0]
+    pid = sup.serving()[0]
     expected = "".join(f"{pid} line {n:05d} \n" for n in range(50))
 
     def received() -> str:
@@ -234,7 +234,7 @@ def test_stdout_and_fancy_stdout_streams_reach_juggler_stdout(supervisor):
         )
     )
     sup.wait_log("to stderr")
-    pid = sup.children()[0]
+    pid = sup.serving()[0]
     log = sup.log()
     assert "\nto stdout\n" in log
     fancy = re.search(r"\033\[0;32;40m\d\d:\d\d \[(\d+)\] \| to stderr\033\[0m\n", log)

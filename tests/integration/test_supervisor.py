@@ -45,7 +45,7 @@ def web_config(n: int = 3) -> str:
 
 
 def serving_pids(sup: SupervisorProcess) -> list[int]:
-    return sup.children()
+    return sup.serving()
 
 
 def test_workers_serve_the_socket_the_supervisor_bound(supervisor):
@@ -132,7 +132,7 @@ ready = none
     )
     sup.wait_log("ready: web[", count=2)
     sup.wait_log("ready: stubborn[")
-    children = serving_pids(sup)
+    children = sup.children()
     sup.signal(signal.SIGTERM)
     assert sup.wait(timeout=15) == 0
     log = sup.log()
@@ -145,8 +145,9 @@ ready = none
 
 def test_supervisor_sigkill_leaves_no_orphans(supervisor):
     sup = supervisor(web_config(3))
-    sup.wait_log("ready: web[", count=3)
-    children = serving_pids(sup)
+    sup.wait_log("(spare, waiting)")
+    children = sup.children()  # the spare too
+    assert len(children) == 4
     sup.signal(signal.SIGKILL)
     sup.wait()
     wait_for(

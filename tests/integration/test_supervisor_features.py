@@ -53,9 +53,9 @@ def test_max_age_recycles_one_at_a_time_keeping_the_count(supervisor):
         WEB % {"app": "hello:app", "extra": "max_age = 1\nmax_age_variance = 0"}
     )
     sup.wait_log("ready: web[", count=2)
-    first = set(sup.children())
+    first = set(sup.serving())
     sup.wait_log("recycling: web[", count=2)
-    wait_for(lambda: not first & set(sup.children()) and len(sup.children()) == 2)
+    wait_for(lambda: not first & set(sup.serving()) and len(sup.serving()) == 2)
     log = sup.log()
     assert "after max_age=1s" in log
     # A successor is ready before its predecessor is told to stop.
@@ -70,14 +70,14 @@ def test_restart_to_a_broken_app_keeps_the_old_processes(supervisor):
     sup = supervisor(WEB % {"app": "replaceable:app", "extra": ""})
     shutil.copy(APPS_DIR / "replaceable.py", os.path.join(sup.tmp, "replaceable.py"))
     sup.wait_log("ready: web[", count=2)
-    serving = set(sup.children())
+    serving = set(sup.serving())
     with open(os.path.join(sup.tmp, "replaceable.py"), "w") as f:
         f.write("this is not python\n")
     done = sup.ctl("restart", "web")
     assert done.returncode == 1
     assert done.stderr.startswith("error: web: a new process did not become ready")
     assert done.stderr.count("\n") == 1
-    assert set(sup.children()) == serving
+    assert set(sup.serving()) == serving
     assert http_get(f"{sup.tmp}/web.sock")[0] == 200
     # The failed replacement is not a crash of the watcher: no flapping.
     assert "(replacement failed)" in sup.log() and "flapping" not in sup.log()
@@ -111,7 +111,7 @@ ready = none
     assert identity["nofile"] == [321, 321]
     assert identity["umask"] == 0o027
     assert identity["fds"] == [0, 1, 2, 3]  # 3: listdir's own descriptor
-    assert sup.children()
+    assert sup.serving()
     shutil.rmtree(shared)
 
 

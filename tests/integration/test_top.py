@@ -56,7 +56,7 @@ def test_top_shows_watchers_and_quits_on_q(sup):
     try:
         wait_for(read_screen, timeout=15, message="top drew the watchers")
         assert b"juggler top" in screen and b"2/2 processes" in screen
-        for pid in sup.children():
+        for pid in sup.serving():
             assert str(pid).encode() in screen
         os.write(leader, b"q")
         assert proc.wait(timeout=10) == 0

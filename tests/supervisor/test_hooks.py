@@ -191,7 +191,7 @@ def test_spawn_stop_and_reap_hooks_get_their_pids(supervisor):
     ]
     hooks = "\n".join(f"hooks.{n} = hooks_probe.record" for n in names)
     sup = supervisor(hooked("w", hooks, "numprocesses = 2"))
-    pids = sup.children()
+    pids = sup.serving()
     spawned = [c for c in calls(sup) if c["hook"] == "after_spawn"]
     assert sorted(c["pid"] for c in spawned) == pids
     assert [c["wid"] for c in spawned] == [1, 2]
@@ -227,7 +227,7 @@ def test_an_after_spawn_veto_stops_the_process_and_the_watcher(supervisor):
     vetoed = [c["pid"] for c in calls(sup) if c["hook"] == "after_spawn"]
     assert len(vetoed) == 1
     sup.wait_log(f"exited: w[1] pid={vetoed[0]}")
-    assert len(sup.children()) == 1  # only plain's process
+    assert len(sup.serving()) == 1  # only plain's process
 
 
 def test_a_hanging_hook_is_cut_at_its_timeout_and_status_still_answers(supervisor):
