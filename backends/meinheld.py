@@ -44,6 +44,7 @@ Known shortcomings, all in meinheld's C code:
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -260,19 +261,21 @@ def environ_fixer(app: App, sock: socket.socket) -> App:
       (nginx) costs nothing. Only a client that reads nothing for
       ``WRITE_TIMEOUT`` brings back the parked write.
 
-    Together that is three system calls per request on TCP, two on UNIX.
+    Both are done once per connection (see ``_Connections``): a request
+    that follows on a kept-alive connection costs one ``fcntl``.
     """
     # meinheld also sends the body of a HEAD response (see head.py).
     app = head_without_body(app)
+    connections = _Connections(sock.family)
     if sock.family == socket.AF_UNIX:
-        return _unix_fixer(app)
+        return _unix_fixer(app, connections)
     host, port = sock.getsockname()[:2]
-    return _tcp_fixer(app, sock.family, str(host), str(port))
+    return _tcp_fixer(app, connections, str(host), str(port))
 
 
-def _unix_fixer(app: App) -> App:
+def _unix_fixer(app: App, connections: _Connections) -> App:
     def unix_app(environ: dict[str, Any], start_response: StartResponse) -> Any:
-        _prepare_connection(environ, socket.AF_UNIX)
+        connections.peer(environ["meinheld.client"].get_fd())
         environ["SERVER_NAME"] = "localhost"
         environ["SERVER_PORT"] = "80"
         environ["REMOTE_ADDR"] = ""
@@ -282,9 +285,9 @@ def _unix_fixer(app: App) -> App:
     return unix_app
 
 
-def _tcp_fixer(app: App, family: int, host: str, port: str) -> App:
+def _tcp_fixer(app: App, connections: _Connections, host: str, port: str) -> App:
     def tcp_app(environ: dict[str, Any], start_response: StartResponse) -> Any:
-        peer = _prepare_connection(environ, family)
+        peer = connections.peer(environ["meinheld.client"].get_fd())
         environ["SERVER_NAME"] = host
         environ["SERVER_PORT"] = port
         if peer is not None:
@@ -294,19 +297,38 @@ def _tcp_fixer(app: App, family: int, host: str, port: str) -> App:
     return tcp_app
 
 
-def _prepare_connection(environ: dict[str, Any], family: int) -> Any:
-    """Make writes blocking; return the TCP peer as strings (None on UNIX)."""
-    fd = environ["meinheld.client"].get_fd()
-    # Family, type and protocol given: the socket object queries nothing.
-    conn = socket.socket(family, socket.SOCK_STREAM, 0, fd)
-    try:
-        conn.setblocking(True)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, WRITE_TIMEOUT)
-        if family == socket.AF_UNIX:
-            return None
-        host, port = conn.getpeername()[:2]
-        return str(host), str(port)
-    except OSError:
-        return None  # the peer is gone; the response will not reach it
-    finally:
-        conn.detach()
+class _Connections:
+    """What each connection needs once: blocking writes, and its peer.
+
+    meinheld's client object cannot be told apart across connections (it
+    is reused, and takes no weak reference), so a connection is known by
+    its descriptor, and a new one by its O_NONBLOCK flag: meinheld accepts
+    every connection non-blocking, and only ``_prepare`` clears the flag.
+    A descriptor closed and handed to a new connection is thus prepared
+    again, and its cached peer replaced.
+    """
+
+    def __init__(self, family: int) -> None:
+        self._family = family
+        self._peers: dict[int, tuple[str, str] | None] = {}
+
+    def peer(self, fd: int) -> tuple[str, str] | None:
+        """The TCP peer as strings (None on UNIX, or once the peer is gone)."""
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+            self._peers[fd] = self._prepare(fd)
+        return self._peers.get(fd)
+
+    def _prepare(self, fd: int) -> tuple[str, str] | None:
+        # Family, type and protocol given: the socket object queries nothing.
+        conn = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, WRITE_TIMEOUT)
+            conn.setblocking(True)
+            if self._family == socket.AF_UNIX:
+                return None
+            host, port = conn.getpeername()[:2]
+            return str(host), str(port)
+        except OSError:
+            return None  # the peer is gone; the response will not reach it
+        finally:
+            conn.detach()

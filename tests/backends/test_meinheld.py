@@ -155,6 +155,23 @@ def test_remote_addr_belongs_to_each_connection() -> None:
     assert environ["REMOTE_ADDR"] == "127.0.0.1"
 
 
+def test_remote_addr_is_fresh_when_a_descriptor_is_reused() -> None:
+    # The adapter reads the peer once per connection and keeps it by
+    # descriptor; one connection after another, each closed before the next
+    # opens, gets the worker's same descriptor back, and must not inherit
+    # the address of the one before.
+    proc = serving("tcp")
+    seen = []
+    try:
+        for source in ["127.0.0.1", "127.0.0.2"] * 4:
+            with _connect_from(proc, source) as conn:
+                environ = conn.request("GET", "/environ").json()
+                seen.append((source, environ["REMOTE_ADDR"]))
+    finally:
+        proc.stop()
+    assert all(source == remote for source, remote in seen), seen
+
+
 def _connect_from(proc: harness.RunnerProcess, source: str) -> wire.Connection:
     address = proc.address
     assert isinstance(address, tuple)
