@@ -203,6 +203,7 @@ class ControlServer:
             queue.put_nowait(event)
 
         unsubscribe = self._events.subscribe(enqueue)
+        log.debug("control: events subscriber added")
         try:
             await _send(writer, lock, {"id": request.get("id"), "ok": True})
             while True:

@@ -19,6 +19,20 @@ from juggler.supervisor.client import Client
 from juggler.supervisor.errors import SupervisorError
 
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+# Commands the daemon works on for as long as its own deadlines allow
+# (graceful_timeout then SIGKILL, ready_timeout, the hooks' timeouts): by
+# default the CLI waits for their reply without a deadline of its own. A
+# deadline derived from graceful_timeout would have to add up every
+# watcher's stop, ready and hook timeouts as the daemon sequences them --
+# a guess that fails a healthy stop when it is short. --timeout still sets
+# one. Every other command is answered at once, and gets DEFAULT_TIMEOUT.
+LONG_COMMANDS = frozenset(
+    {"start", "stop", "restart", "reload", "reloadconfig", "incr", "decr"}
+    | {"set", "add", "rm", "quit"}
+)
+DEFAULT_TIMEOUT = 60.0
 
 # name -> (help, arguments); an argument is (name, kwargs for add_argument).
 NAME_OPTIONAL = ("name", {"nargs": "?", "help": "a watcher (default: all)"})
@@ -90,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "or $JUGGLER_ENDPOINT)",
     )
     parser.add_argument("--json", action="store_true", help="print raw JSON")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="S")
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="S",
+        help=f"seconds to wait for a reply (default: {DEFAULT_TIMEOUT:g}; none "
+        "for commands the daemon works on: stop, restart, reload, ...)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, arguments) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -103,7 +123,8 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         request = _request_args(args)
-        with Client(endpoints.parse(args.endpoint), timeout=args.timeout) as client:
+        timeout = reply_timeout(args.command, args.timeout)
+        with Client(endpoints.parse(args.endpoint), timeout=timeout) as client:
             if args.command == "events":
                 return _stream_events(client, args.json)
             if args.command == "top":
@@ -114,8 +135,31 @@ def main(argv: Sequence[str]) -> int:
     except SupervisorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(
+            f"error: interrupted; juggler may still be doing {args.command}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     _print(args.command, result, as_json=args.json)
     return 0
+
+
+def reply_timeout(command: str, given: float | None) -> float | None:
+    """How long to wait for the reply to ``command`` (None: no limit)."""
+    if given is not None:
+        return given
+    return None if command in LONG_COMMANDS else DEFAULT_TIMEOUT
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"expected more than 0 seconds, got {text}")
+    return value
 
 
 def _request_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import stat
 import time
 
 import pytest
+from control_support import control_path, free_port, raw_exchange
 from harness import APPS_DIR, SupervisorProcess, http_get, runner_command, wait_for
 
 CONFIG = """
@@ -30,40 +31,8 @@ ready = none
 """
 
 
-@pytest.fixture
-def juggler():
-    started: list[SupervisorProcess] = []
-
-    def start(config: str = CONFIG, **kwargs: object) -> SupervisorProcess:
-        sup = SupervisorProcess(config, **kwargs)  # type: ignore[arg-type]
-        started.append(sup)
-        sup.start()
-        return sup
-
-    yield start
-    for sup in started:
-        sup.stop()
-
-
-def raw_exchange(path: str, payload: bytes, timeout: float = 10.0) -> bytes:
-    """Send bytes on the control socket; return all that comes back."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout)
-        client.connect(path)
-        client.sendall(payload)
-        client.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := client.recv(65536):
-            data += chunk
-    return data
-
-
-def control_path(sup: SupervisorProcess) -> str:
-    return sup.endpoint.removeprefix("unix://")
-
-
 def test_status_list_and_counts(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     sup.wait_log("ready: web[", count=2)
     status = sup.ctl_json("status")
     assert status["web"]["state"] == "running"
@@ -82,7 +51,7 @@ def test_status_list_and_counts(juggler):
 
 
 def test_incr_decr_wait_for_ready_processes(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     sup.wait_log("ready: web[", count=2)
     assert sup.ctl_json("incr", "web", "2") == 4
     # incr returns once the new processes are ready.
@@ -94,7 +63,7 @@ def test_incr_decr_wait_for_ready_processes(juggler):
 
 
 def test_rolling_restart_replaces_every_process(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     sup.wait_log("ready: web[", count=2)
     before = set(sup.serving())
     sup.ctl_json("restart", "web")
@@ -106,7 +75,7 @@ def test_rolling_restart_replaces_every_process(juggler):
 
 
 def test_signal_and_stats(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     sup.wait_log("ready: web[", count=2)
     victim = sup.serving()[0]
     assert sup.ctl_json("signal", "web", str(victim), "KILL") == 1
@@ -121,7 +90,7 @@ def test_signal_and_stats(juggler):
 
 
 def test_errors_are_one_line_and_non_zero(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     done = sup.ctl("status", "nope")
     assert done.returncode == 1
     assert done.stderr.strip() == "error: no watcher named 'nope' (watchers: web)"
@@ -134,7 +103,7 @@ def test_errors_are_one_line_and_non_zero(juggler):
 
 
 def test_reloadconfig_applies_or_rejects_whole(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     sup.wait_log("ready: web[", count=2)
     sup.write_config(CONFIG.replace("numprocesses = 2", "numprocesses = 3"))
     assert sup.ctl_json("reloadconfig") == ["web"]
@@ -148,7 +117,7 @@ def test_reloadconfig_applies_or_rejects_whole(juggler):
 
 
 def test_quit_stops_everything(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     sup.wait_log("ready: web[", count=2)
     assert sup.ctl_json("quit") == "stopping"
     assert sup.wait(timeout=15) == 0
@@ -156,7 +125,7 @@ def test_quit_stops_everything(juggler):
 
 
 def test_socket_and_directory_are_private(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     mode = stat.S_IMODE(os.stat(control_path(sup)).st_mode)
     assert mode == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(control_path(sup))).st_mode) == 0o700
@@ -164,7 +133,7 @@ def test_socket_and_directory_are_private(juggler):
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another uid")
 def test_peer_of_another_uid_is_refused(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     path = control_path(sup)
     os.chmod(os.path.dirname(path), 0o755)  # let the stranger reach the file
     os.chmod(path, 0o666)
@@ -193,7 +162,7 @@ def test_peer_of_another_uid_is_refused(juggler):
 
 
 def test_malformed_and_oversized_frames_get_errors(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     path = control_path(sup)
     replies = [
         json.loads(line)
@@ -244,7 +213,7 @@ def test_a_slow_stop_does_not_freeze_other_commands(juggler):
 
 
 def test_event_stream_delivers_spawn_and_exit(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     sup.wait_log("ready: web[", count=2)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(10)
@@ -263,10 +232,7 @@ def test_event_stream_delivers_spawn_and_exit(juggler):
 
 
 def test_tcp_endpoint_requires_the_token(juggler, tmp_path):
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-of-some-length\n")
     token_file.chmod(0o600)
@@ -313,10 +279,7 @@ def test_circus_tcp_endpoint_without_token_gets_a_generated_one(
     juggler, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     sup = juggler(f"[circus]\nendpoint = tcp://127.0.0.1:{port}\n" + CONFIG)
     token_file = tmp_path / "juggler" / f"tcp-127.0.0.1-{port}.token"
     assert f"is in {token_file}" in sup.log()
@@ -332,7 +295,7 @@ def test_circus_tcp_endpoint_without_token_gets_a_generated_one(
 
 
 def test_options_get_set_and_globaloptions(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     sup.wait_log("ready: web[", count=2)
     options = sup.ctl_json("options", "web")
     assert options["numprocesses"] == 2 and options["graceful_timeout"] == 30.0
@@ -352,7 +315,7 @@ def test_options_get_set_and_globaloptions(juggler):
 
 
 def test_add_and_rm_a_watcher(juggler):
-    sup = juggler()
+    sup = juggler(CONFIG)
     sup.wait_log("ready: web[", count=2)
     runner = " ".join(runner_command())
     cmd = (
