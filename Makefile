@@ -35,11 +35,12 @@ lint: setup
 
 # mypy cannot follow setuptools' editable-install import hook, so it checks
 # a tree of links that has the installed package shape: juggler/runner, ...
+# bench/ imports juggler's control client, found in that tree too.
 typecheck: setup
 	@rm -rf .typecheck && mkdir -p .typecheck/juggler
 	@for pkg in runner backends supervisor; do ln -s ../../$$pkg .typecheck/juggler/$$pkg; done
 	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p juggler
-	$(BIN)/mypy --config-file pyproject.toml bench
+	MYPYPATH=.typecheck $(BIN)/mypy --config-file pyproject.toml bench
 
 pytest: setup
 	$(BIN)/pytest

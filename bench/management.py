@@ -1,16 +1,18 @@
 """Process-management rows: juggler against gunicorn and circus.
 
-- restart: under a light load through nginx, SIGKILL one worker and time
-  until a worker with a pid not seen before answers its first 200 (the
-  bench app names its pid in ``X-Pid``). The probe opens a fresh connection
-  per request straight on the socket, back to back; which worker accepts a
-  connection is the kernel's choice, so the figure includes a little of
-  that race (a few probes at most, well under a millisecond each). The
-  victim is the oldest worker, and only once it is MIN_VICTIM_AGE old: a
-  worker that dies younger is, to juggler's flapping policy (window 1 s),
-  one that cannot start, and kills in quick succession would measure the
-  back-off instead of the respawn. Crashes of workers that have served a
-  while are the case the row is about.
+- restart: under a light load through nginx, SIGKILL the oldest serving
+  worker and time until a worker that was not serving before answers its
+  first 200 (the bench app names its pid in ``X-Pid``): a promoted spare
+  under juggler, a fork under gunicorn, a new exec under circus (see
+  control.py). The probe opens a fresh connection per request straight on
+  the socket, back to back; which worker accepts a connection is the
+  kernel's choice, so the figure includes a little of that race (a few
+  probes at most, well under a millisecond each). Each kill waits until
+  every worker (and spare) is back and ready, and until the victim is
+  MIN_VICTIM_AGE old: juggler backs off a respawn after deaths within 1 s
+  of a start, so kills in quick succession would measure the back-off
+  instead of the respawn. Crashes of
+  workers that have served a while are the case the row is about.
 - spawn: from the supervisor's exec until N processes are its children.
   juggler and circus spawn ``sleep``; gunicorn can only spawn its own
   workers, so its processes are idle sync workers of the bench app.
@@ -31,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from bench import children, probe
+from bench import control, probe
 from bench.children import wait_until
 from bench.nginx import Nginx, NginxError
 from bench.profiles import Profile
@@ -104,9 +106,11 @@ def measure_restart(config: str, backend: str, profile: Profile, tools: Tools) -
         stack.start()
         nginx = Nginx(tools.nginx, tmp, stack.upstream)
         nginx.start()
+        spares = control.expected_spares(stack)
+        row["mechanism"] = control.restart_mechanism(config, spares)
         with LightLoad(nginx.port):
             for _ in range(profile.kills):
-                samples.append(kill_once(stack))
+                samples.append(kill_once(stack, spares))
         row["error"] = None
     except (StackError, NginxError, TimeoutError, OSError, psutil.Error) as exc:
         log.warning("restart %s with %s failed: %s", config, backend, exc)
@@ -120,16 +124,19 @@ def measure_restart(config: str, backend: str, profile: Profile, tools: Tools) -
     return {**row, **summarise(samples)}
 
 
-def kill_once(stack: Stack) -> float:
-    """SIGKILL the oldest worker; ms until a new pid has served a 200."""
-    wait_until(lambda: _full(stack), KILL_DEADLINE, "all workers back")
-    victim = min(_workers(stack), key=lambda p: p.create_time())
+def kill_once(stack: Stack, spares: int) -> float:
+    """SIGKILL the oldest serving worker; ms until a worker that was not
+    serving before (a promoted spare, a fork, a new exec) has served a 200."""
+    wait_until(
+        lambda: control.settled(stack, spares), KILL_DEADLINE, "all workers back"
+    )
+    victim = control.oldest(control.serving(stack))
     wait_until(
         lambda: time.time() - victim.create_time() >= MIN_VICTIM_AGE,
         KILL_DEADLINE,
         "the victim's minimum age",
     )
-    old = {p.pid for p in _workers(stack)}
+    old = {w.pid for w in control.serving(stack)}
     started = time.monotonic()
     victim.kill()
     wait_until(
@@ -141,22 +148,8 @@ def kill_once(stack: Stack) -> float:
     return (time.monotonic() - started) * 1000
 
 
-def _workers(stack: Stack) -> list[psutil.Process]:
-    """The supervisor's children; StackError once the supervisor is gone
-    (gunicorn's master, for one, can die of a worker's death)."""
-    assert stack.proc is not None
-    if stack.proc.poll() is not None:
-        detail = children.log_tail(stack.log_path)
-        raise StackError(f"{stack.config} exited {stack.proc.returncode}: {detail}")
-    return children.children(stack.proc.pid)
-
-
-def _full(stack: Stack) -> bool:
-    return len(_workers(stack)) >= stack.workers
-
-
 def _served_by_new_pid(stack: Stack, old: set[int]) -> bool:
-    _workers(stack)
+    control.alive_or_raise(stack)
     try:
         status, pid = probe.get(stack.address, timeout=2.0)
     except OSError:

@@ -29,11 +29,13 @@ IDLE_FIELDS = {
 }
 
 NOTES = """\
-- Restart: the oldest worker, at least 1.5 s old, is SIGKILLed under one
-  keep-alive client through nginx; a probe then opens fresh connections
-  straight on the socket until a pid it has not seen answers 200. juggler
-  and circus exec a new worker (a Python start-up); gunicorn forks its
-  loaded master. circus runs with its default `check_delay = 5`: it polls.
+- Restart: the oldest serving worker, at least 1.5 s old, is SIGKILLed
+  under one keep-alive client through nginx; a probe then opens fresh
+  connections straight on the socket until a worker that was not serving
+  before answers 200. juggler keeps one booted spare per runner watcher
+  (its default) and promotes it; gunicorn forks its master; circus polls
+  (its default `check_delay = 5`) and then execs a new worker. Each kill
+  waits until every worker and spare is back and ready.
 - Spawn: from the supervisor's exec until N processes are its children,
   so it includes the supervisor's own start-up. juggler and circus spawn
   `sleep`; gunicorn can only spawn its workers (idle sync workers here).
@@ -199,7 +201,8 @@ def ratio_table(summaries: list[Summary]) -> str:
 
 
 def restart_table(rows: list[Row]) -> str:
-    header = ["supervisor", "backend", "kills", "median ms", "p95 ms", "note"]
+    header = ["supervisor", "backend", "kills", "median ms", "p95 ms"]
+    header += ["how it restarts", "note"]
     lines = [
         [
             r["config"],
@@ -207,6 +210,7 @@ def restart_table(rows: list[Row]) -> str:
             str(len(r.get("samples_ms", []))),
             fmt(r.get("median_ms"), 1),
             fmt(r.get("p95_ms"), 1),
+            r.get("mechanism") or "-",
             _cell_error(r["error"]) if r.get("error") else "",
         ]
         for r in rows

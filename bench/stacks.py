@@ -66,13 +66,18 @@ class Context:
             raise StackError(f"{name} is not installed: pip install -e '.[bench]'")
         return path
 
+    @property
+    def endpoint(self) -> str:
+        """juggler's control channel: private to this stack's folder."""
+        return f"unix://{self.tmp}/control.sock"
+
     def env(self) -> dict[str, str]:
         path = f"{self.bindir}:{os.environ.get('PATH', '')}"
         return {
             **os.environ,
             "PATH": path,
             "PYTHONPATH": self.root,
-            "JUGGLER_ENDPOINT": f"unix://{self.tmp}/control.sock",
+            "JUGGLER_ENDPOINT": self.endpoint,
         }
 
 

@@ -54,6 +54,7 @@ def fake_result():
             "samples_ms": [150.0, 160.0],
             "median_ms": 155.0,
             "p95_ms": 159.5,
+            "mechanism": "promotes its booted spare",
             "error": None,
         },
         {
@@ -147,3 +148,13 @@ def test_full_plan_adds_tcp_for_hello():
     assert tcp and all(c.workloads == ("hello",) for c in tcp)
     unix = [c for c in runs.plan(FULL) if c.transport == "unix" and c.backend != "-"]
     assert all(len(c.workloads) == 4 for c in unix)
+
+
+def test_restart_rows_show_median_p95_and_how_each_restarts():
+    text = report.render(fake_result())
+    juggler = next(line for line in text.splitlines() if line.startswith("| juggler |"))
+    assert "| 2 | 155.0 | 159.5 | promotes its booted spare |" in juggler
+    gunicorn = next(
+        line for line in text.splitlines() if line.startswith("| gunicorn | meinheld")
+    )
+    assert "| 11.0 | 11.9 | - |" in gunicorn
