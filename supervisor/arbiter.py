@@ -38,7 +38,7 @@ from dataclasses import replace
 from juggler.supervisor import endpoint
 from juggler.supervisor import sockets as sockets_mod
 from juggler.supervisor.commands import Commands
-from juggler.supervisor.config import ArbiterConfig, WatcherConfig
+from juggler.supervisor.config import ArbiterConfig, WatcherConfig, to_uid
 from juggler.supervisor.control import ControlServer
 from juggler.supervisor.errors import (
     BindError,
@@ -67,6 +67,7 @@ class Arbiter:
         self.runtime_dir = ""
         self.control: ControlServer | None = None
         self._control_path = ""
+        self._token_path = ""
         self._signals: asyncio.Queue[int] = asyncio.Queue()
 
     # -- the loop ------------------------------------------------------------
@@ -132,14 +133,13 @@ class Arbiter:
         )
         token = None
         if where.kind == "tcp":
-            if self.config.token_file:
-                token = endpoint.read_token(self.config.token_file)
-            else:
-                token = endpoint.generate_token(where)
-                log.info(
-                    "control: token for %s is in %s", where, endpoint.token_path(where)
-                )
-        self.control = ControlServer(Commands(self).handle, self.events, token=token)
+            token = self._control_token(where)
+        self.control = ControlServer(
+            Commands(self).handle,
+            self.events,
+            token=token,
+            allowed_uids=self.config.allowed_users,
+        )
         try:
             if where.kind == "tcp":
                 await self.control.listen_tcp(where.host, where.port)
@@ -148,14 +148,35 @@ class Arbiter:
         except OSError as exc:
             raise SupervisorError(f"control endpoint {where}: {exc}") from None
 
+    def _control_token(self, where: endpoint.Endpoint) -> str:
+        for key in ("endpoint_owner", "allowed_users"):
+            if getattr(self.config, key):
+                log.warning(
+                    "control: %s ignored: it applies to a UNIX endpoint "
+                    "(TCP clients prove themselves with the token)",
+                    key,
+                )
+        if self.config.token_file:
+            return endpoint.read_token(self.config.token_file)
+        token = endpoint.generate_token(where)
+        self._token_path = endpoint.token_path(where)
+        log.info("control: token for %s is in %s", where, self._token_path)
+        return token
+
     async def _listen_unix_control(self, path: str) -> None:
         if endpoint.is_live(path):
             raise SupervisorError(
                 f"control endpoint unix://{path} is in use by a running juggler; "
                 "give this one its own [circus] endpoint"
             )
+        owner = None
+        if self.config.endpoint_owner:
+            try:
+                owner = to_uid(self.config.endpoint_owner)
+            except ValueError as exc:
+                raise SupervisorError(f"endpoint_owner: {exc}") from None
         assert self.control is not None
-        await self.control.listen_unix(path)
+        await self.control.listen_unix(path, owner=owner)
         self._control_path = path
 
     async def add_watcher(self, config: WatcherConfig, *, start: bool) -> Watcher:

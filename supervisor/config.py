@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pwd
 import signal
 import socket
 from collections.abc import Mapping
@@ -151,12 +152,39 @@ def _read_circus(doc: Document, reader: Reader) -> ArbiterConfig:
         return ArbiterConfig(path="")
     values, rest = reader.table(sections[0], ArbiterConfig)
     for entry in rest:
+        if entry.key.lower() == "allowed_users":
+            uids = reader.convert(entry, to_uids)
+            if uids is not None:
+                values["allowed_users"] = uids
+            continue
         reason = UNSUPPORTED_CIRCUS_OPTIONS.get(entry.key.lower())
         if reason is None:
             reader.problems.warn(entry.where, "unknown key for [circus] (ignored)")
         else:
             reader.problems.warn(entry.where, f"ignored: {reason} (see README)")
+    owner = sections[0].get("endpoint_owner")
+    if owner is not None and values.get("endpoint_owner") is not None:
+        reader.convert(owner, to_uid)  # an unknown user is an error here
     return ArbiterConfig(path="", **values)
+
+
+def to_uid(text: str) -> int:
+    """A user, by name (looked up in the passwd database) or by uid."""
+    word = text.strip()
+    if word.isdigit():
+        return int(word)
+    try:
+        return pwd.getpwnam(word).pw_uid
+    except KeyError:
+        raise ValueError(f"no user named {word!r} on this system") from None
+
+
+def to_uids(text: str) -> frozenset[int]:
+    """``alice, 1001`` -> their uids."""
+    words = [word for word in text.replace(",", " ").split() if word]
+    if not words:
+        raise ValueError("expected user names or uids, separated by commas")
+    return frozenset(to_uid(word) for word in words)
 
 
 def _read_sockets(doc: Document, reader: Reader) -> list[SocketConfig]:
@@ -265,6 +293,7 @@ def to_json(config: ArbiterConfig) -> dict[str, Any]:
                 "endpoint",
                 "token_file",
                 "endpoint_owner",
+                "allowed_users",
                 "pidfile",
                 "loglevel",
                 "logoutput",

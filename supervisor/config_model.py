@@ -325,8 +325,21 @@ class ArbiterConfig:
         ),
     ] = None
     endpoint_owner: Annotated[
-        str | None, Opt("str", "user that owns an ipc:// endpoint's file")
+        str | None,
+        Opt(
+            "str",
+            "user (name or uid) the ipc:// endpoint's file is given to; that "
+            "user may then use it (needs root)",
+        ),
     ] = None
+    allowed_users: Annotated[
+        frozenset[int],
+        Opt(
+            "raw",
+            "juggler: users (names or uids, comma-separated) whose clients "
+            "may use the UNIX endpoint besides juggler's own user and root",
+        ),
+    ] = frozenset()
     pidfile: Annotated[str | None, Opt("str", "file the arbiter's pid goes in")] = None
     loglevel: Annotated[
         str | None, Opt("loglevel", "debug, info, warning, error or critical")

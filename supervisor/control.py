@@ -36,6 +36,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from juggler.supervisor.endpoint import check_private_dir
 from juggler.supervisor.events import Event, EventBus
 
 log = logging.getLogger("juggler.supervisor.control")
@@ -70,11 +71,25 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
-    async def listen_unix(self, path: str) -> None:
-        """Listen on ``path``, in a directory only we can enter."""
+    async def listen_unix(self, path: str, *, owner: int | None = None) -> None:
+        """Listen on ``path``, in a directory only we can enter.
+
+        Others come in only when the config says so. ``owner``
+        (``endpoint_owner``) is given the socket file, still mode 0600.
+        The other ``allowed_uids`` must open it too: the file is then 0666
+        and the peer check (SO_PEERCRED) is what turns strangers away.
+        Either way its directory becomes 0711, so that one may reach the
+        file by name but neither list the directory nor create in it.
+        """
+        me = os.getuid()
+        owner = None if owner == me else owner
+        if owner is not None:
+            self._allowed_uids |= {owner}
+        guests = bool(self._allowed_uids - {me, 0, owner})
+        shared = guests or owner is not None
         directory = os.path.dirname(path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        _check_private_dir(directory)
+        check_private_dir(directory, search_ok=shared)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         old_umask = os.umask(0o177)  # the socket file is born 0600
@@ -84,6 +99,12 @@ class ControlServer:
             )
         finally:
             os.umask(old_umask)
+        if guests:
+            os.chmod(path, 0o666)
+        if owner is not None:
+            _give_to(path, owner)
+        if shared:
+            os.chmod(directory, 0o711)
         log.info("control: listening on unix:%s", path)
 
     async def listen_tcp(self, host: str, port: int) -> None:
@@ -228,11 +249,11 @@ def _token_matches(given: object, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _check_private_dir(directory: str) -> None:
-    """Refuse a control directory that others can enter or that is not ours."""
-    info = os.stat(directory)
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+def _give_to(path: str, uid: int) -> None:
+    try:
+        os.chown(path, uid, -1)
+    except PermissionError:
         raise PermissionError(
-            f"control directory {directory} must be owned by uid {os.getuid()} "
-            f"and mode 0700 (it is uid {info.st_uid}, mode {info.st_mode & 0o777:o})"
-        )
+            f"endpoint_owner: cannot give {path} to uid {uid}: only root can "
+            f"(juggler runs as uid {os.getuid()})"
+        ) from None

@@ -81,6 +81,22 @@ def is_live(path: str) -> bool:
     return True
 
 
+def check_private_dir(directory: str, *, search_ok: bool = False) -> None:
+    """Refuse a directory that others can enter or that is not ours.
+
+    ``search_ok``: others may pass through it (mode 0711), no more.
+    """
+    info = os.stat(directory)
+    loose = info.st_mode & (0o066 if search_ok else 0o077)
+    if info.st_uid != os.getuid() or loose:
+        wanted = "0700 or 0711" if search_ok else "0700"
+        raise PermissionError(
+            f"directory {directory} must be owned by uid {os.getuid()} and mode "
+            f"{wanted} (it is uid {info.st_uid}, mode {info.st_mode & 0o777:o}); "
+            f"chmod 700 {directory}, or choose another endpoint"
+        )
+
+
 def token_path(endpoint: Endpoint) -> str:
     """Where the generated token of a TCP endpoint is kept."""
     return os.path.join(runtime_dir(), f"tcp-{endpoint.host}-{endpoint.port}.token")

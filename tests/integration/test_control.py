@@ -131,21 +131,18 @@ def test_socket_and_directory_are_private(juggler):
     assert stat.S_IMODE(os.stat(os.path.dirname(control_path(sup))).st_mode) == 0o700
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another uid")
-def test_peer_of_another_uid_is_refused(juggler):
-    sup = juggler(CONFIG)
-    path = control_path(sup)
-    os.chmod(os.path.dirname(path), 0o755)  # let the stranger reach the file
-    os.chmod(path, 0o666)
+def exchange_as(uid: int, path: str, payload: bytes) -> bytes:
+    """``raw_exchange`` from a child that has become ``uid``; b"<closed>"
+    when the server hung up without a reply."""
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the stranger: uid 65534 (nobody)
+    if pid == 0:  # the child: never returns into pytest
         os.close(read)
         try:
-            os.setgid(65534)
-            os.setuid(65534)
+            os.setgid(uid)
+            os.setuid(uid)
             try:
-                answer = raw_exchange(path, b'{"command": "quit"}\n')
+                answer = raw_exchange(path, payload)
             except (ConnectionResetError, BrokenPipeError):
                 answer = b""  # refused: closed without a reply
             except OSError as exc:
@@ -156,9 +153,60 @@ def test_peer_of_another_uid_is_refused(juggler):
     os.close(write)
     os.waitpid(pid, 0)
     with os.fdopen(read, "rb") as f:
-        assert f.read() == b"<closed>"
-    assert "control: refused" in sup.log() and "uid=65534" in sup.log()
+        return f.read()
+
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(
+    os.getuid() != 0, reason="needs root to become another uid"
+)
+
+
+@needs_root
+def test_peer_of_another_uid_is_refused(juggler):
+    sup = juggler(CONFIG)
+    path = control_path(sup)
+    os.chmod(os.path.dirname(path), 0o755)  # let the stranger reach the file
+    os.chmod(path, 0o666)
+    assert exchange_as(NOBODY, path, b'{"command": "quit"}\n') == b"<closed>"
+    assert "control: refused" in sup.log() and f"uid={NOBODY}" in sup.log()
     assert sup.proc is not None and sup.proc.poll() is None  # quit did not run
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("users", "uids"), [("65534", [NOBODY]), ("root, nobody", [0, NOBODY])]
+)
+def test_a_peer_in_allowed_users_gets_answers(juggler, users, uids):
+    sup = juggler(f"[circus]\nallowed_users = {users}\n" + CONFIG)
+    assert sup.ctl_json("globaloptions")["allowed_users"] == uids
+    path = control_path(sup)
+    # The socket opens to all, the directory to search; the peer check
+    # is what keeps strangers out.
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o711
+    answer = exchange_as(NOBODY, path, b'{"command": "numwatchers"}\n')
+    assert json.loads(answer) == {"id": None, "ok": True, "result": 1}
+    # Another stranger is still refused.
+    assert exchange_as(NOBODY - 1, path, b'{"command": "quit"}\n') == b"<closed>"
+    assert f"uid={NOBODY - 1} (not allowed)" in sup.log()
+
+
+@needs_root
+def test_endpoint_owner_gets_the_socket_file_and_answers(juggler):
+    sup = juggler("[circus]\nendpoint_owner = nobody\n" + CONFIG)
+    path = control_path(sup)
+    info = os.stat(path)
+    assert info.st_uid == NOBODY and stat.S_IMODE(info.st_mode) == 0o600
+    # Its directory lets the owner pass, and no one list or create files.
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o711
+    answer = exchange_as(NOBODY, path, b'{"command": "numwatchers"}\n')
+    assert json.loads(answer)["result"] == 1
+    # Root's own CLI still works; another uid cannot open the file at all.
+    assert sup.ctl_json("numwatchers") == 1
+    refused = exchange_as(NOBODY - 1, path, b'{"command": "quit"}\n')
+    assert refused == repr(PermissionError(13, "Permission denied")).encode()
+    assert sup.proc is not None and sup.proc.poll() is None
 
 
 def test_malformed_and_oversized_frames_get_errors(juggler):
