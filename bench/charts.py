@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from bench.report import Summary
+from bench.summary import Summary
 
 COLOURS = {
     "ceiling": "#999999",

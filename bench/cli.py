@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import management, report, runs, system, wrk
+from bench import management, reload, report, runs, summary, system, wrk
 from bench.profiles import PROFILES
 from bench.stacks import REFERENCE_ONLY
 
@@ -105,6 +105,7 @@ def measure(profile: Any, tools: runs.Tools) -> dict[str, Any]:
     meta = system.describe(tools.nginx, tools.wrk)
     throughput = runs.run_rounds(profile, tools)
     process = management.run_all(profile, tools)
+    process += reload.run_all(profile, tools)
     meta["load_average_end"] = list(os.getloadavg())
     return {
         "meta": meta,
@@ -147,7 +148,7 @@ def _charts(result: dict[str, Any], out: str, stem: str) -> list[str]:
     try:
         from bench import charts
 
-        return charts.draw(report.summarise(result["throughput"]), out, stem)
+        return charts.draw(summary.summarise(result["throughput"]), out, stem)
     except ImportError:
         log.warning("no charts: matplotlib is not installed (the bench extra)")
         return []

@@ -41,6 +41,11 @@ class Profile:
     # and chaussette's wsgiref; meinheld (full only) shows that gunicorn's
     # meinheld worker takes its master down when a worker is SIGKILLed.
     process_backends: tuple[str, ...] = ("wsgiref",)
+    # Rolling reloads under load: how many, spread evenly in one wrk run of
+    # reload_duration seconds, per supervisor and backend.
+    reloads: int = 1
+    reload_duration: float = 8
+    reload_backends: tuple[str, ...] = ("wsgiref",)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +76,9 @@ FULL = Profile(
     idle_counts=(1, 100, 1000),
     idle_window=10,
     process_backends=("wsgiref", "meinheld"),
+    reloads=3,
+    reload_duration=20,
+    reload_backends=("wsgiref", "meinheld"),
 )
 
 PROFILES = {"quick": QUICK, "full": FULL}

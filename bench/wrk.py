@@ -104,20 +104,31 @@ def parse(text: str) -> WrkResult:
 
 def run(args: list[str], duration: float) -> WrkResult:
     """Run wrk to the end (bounded well past its own duration) and parse it."""
+    return finish(start(args), duration)
+
+
+def start(args: list[str]) -> subprocess.Popen[str]:
+    """wrk in the background, in its own session, its output kept."""
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], duration: float) -> WrkResult:
+    """Wait for a started wrk (killing it past ``duration + 30`` s)."""
     try:
-        done = subprocess.run(
-            args,
-            capture_output=True,
-            text=True,
-            timeout=duration + 30,
-            check=False,
-            start_new_session=True,
-        )
+        out, err = proc.communicate(timeout=duration + 30)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         raise WrkError(f"wrk did not finish within {duration + 30:g}s") from None
-    if done.returncode != 0:
-        raise WrkError(f"wrk exited {done.returncode}: {_tail(done.stderr)}")
-    return parse(done.stdout)
+    if proc.returncode != 0:
+        raise WrkError(f"wrk exited {proc.returncode}: {_tail(err)}")
+    return parse(out)
 
 
 def _tail(text: str) -> str:

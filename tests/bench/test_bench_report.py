@@ -2,7 +2,7 @@
 
 import json
 
-from bench import cli, report, runs
+from bench import cli, report, runs, summary
 from bench.profiles import FULL, QUICK
 
 META = {
@@ -94,7 +94,7 @@ def fake_result():
 
 
 def test_summaries_take_the_median_and_spread_of_rounds():
-    summaries = {s.config: s for s in report.summarise(fake_result()["throughput"])}
+    summaries = {s.config: s for s in summary.summarise(fake_result()["throughput"])}
     limit = summaries["limit"]
     assert limit.rps == 21000.0
     assert limit.spread_pct == 100 * 2000 / 21000
