@@ -15,12 +15,19 @@ module learned from its source (meinheld/server/server.c, 1.0.2):
 - ``stop(timeout)`` stops accepting and ends the loop once no connection is
   left, or after ``timeout`` whole seconds (1 when given 0); then ``run``
   returns and the connections still open are dropped.
-- ``run`` installs C handlers for SIGINT and SIGTERM that call ``stop(0)``:
+- ``run`` installs C handlers for SIGINT/SIGTERM that call ``stop(0)``:
   a one-second drain that no option changes. So once the loop runs, a
   callback scheduled for its first pass puts the runner's own handlers back
   (they only record), and a watchdog that meinheld calls about once a
-  second starts the drain with ``graceful_timeout``. A stop thus begins up
-  to a second or so after the signal.
+  second starts meinheld's drain with ``graceful_timeout``: meinheld stops
+  accepting up to a second after the signal, or once the app returns.
+- The app runs in meinheld's only thread, so while a request is in the app
+  neither the watchdog nor ``stop``'s timer can run. The graceful deadline
+  is kept by a thread of ours instead, which hears the signal whatever the
+  main thread is doing, sends STOPPING=1 at once and, if the loop has not
+  ended in time, cuts the requests still in the app by exiting 0, as
+  waitress and gevent do when their graceful timeout cuts requests (see
+  meinheld_stop.py).
 
 Known shortcomings, all in meinheld's C code:
 
@@ -40,19 +47,23 @@ Known shortcomings, all in meinheld's C code:
   connection and, repeated, crashes the worker, so writes are made blocking
   (see ``environ_fixer``). A real fix is a meinheld rebuilt against
   greenlet 3's C API.
+
+And one in how the runner works around them: a stop cut at the graceful
+timeout ends the process from the watch thread with ``os._exit``, so the
+``--post-hook`` does not run and the runner's "stopped" line is not
+written. A clean way out would need meinheld to return from ``run`` while
+the app still holds its thread, which its C loop cannot do.
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
-import math
 import os
-import signal
 import socket
 import struct
 from collections.abc import Callable
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from juggler.backends.base import (
@@ -64,7 +75,7 @@ from juggler.backends.base import (
     require,
 )
 from juggler.backends.head import head_without_body
-from juggler.backends.signals import STOP_SIGNALS, exit_now
+from juggler.backends.meinheld_stop import MeinheldLoop, whole_seconds
 
 log = logging.getLogger("juggler.backends.meinheld")
 
@@ -72,9 +83,6 @@ PIN_HINT = (
     "then install meinheld itself with: pip install --no-deps meinheld==1.0.2 "
     "(its greenlet<0.5 pin does not build on Python 3.11+)"
 )
-# picoev keeps timeouts in a wheel of 128 one-second slots; a longer timeout
-# would be cut silently, so it is cut here, with a warning.
-MAX_TIMEOUT_SECONDS = 127
 # The largest body size meinheld's setter takes (a C int). Its default, 16
 # MiB, would answer 413 where every other backend passes the body on; bodies
 # over 500 KiB are spooled to a temporary file, not held in memory.
@@ -118,10 +126,11 @@ class MeinheldBackend(Backend):
         """Serve until SIGTERM/SIGINT, then drain within graceful_timeout."""
         server = self._server
         _configure(server, sock, context.options)
-        loop = _Loop(server, context)
+        loop = MeinheldLoop(server, context)
         server.set_watchdog(loop.tick)
         server.schedule_call(0, loop.started)
         server.run(environ_fixer(app, sock), 1)
+        loop.watch.loop_ended()
         # meinheld closed the descriptor when its loop ended; forget the
         # number so that closing ``sock`` cannot hit a descriptor reused since.
         sock.detach()
@@ -143,21 +152,7 @@ def _keepalive_seconds(timeout: float) -> int:
     """meinheld's argument: whole seconds, 0 for keep-alive off."""
     if timeout <= 0:
         return 0
-    return _whole_seconds(timeout, "--keepalive-timeout")
-
-
-def _whole_seconds(timeout: float, what: str) -> int:
-    seconds = max(1, math.ceil(timeout))
-    if seconds > MAX_TIMEOUT_SECONDS:
-        log.warning(
-            "meinheld cannot time beyond %ds; %s=%gs cut to %ds",
-            MAX_TIMEOUT_SECONDS,
-            what,
-            timeout,
-            MAX_TIMEOUT_SECONDS,
-        )
-        seconds = MAX_TIMEOUT_SECONDS
-    return seconds
+    return whole_seconds(timeout, "--keepalive-timeout")
 
 
 def _raise_fd_ceiling(server: Any, concurrency: int) -> None:
@@ -187,58 +182,6 @@ class ErrorLogger:
             os.getpid(),
             exc_info=(exc_type, exc, tb) if exc is not None else None,
         )
-
-
-class _Loop:
-    """The runner's side of meinheld's loop: readiness, signals, the drain.
-
-    The signal handlers are plain ``signal.signal`` ones that record, not
-    ``StopRequest``: its wake-up pipe is of no use here (the watchdog polls),
-    and with it installed from inside meinheld's loop, responses that had to
-    wait for the socket were cut in tests, while plain handlers were not.
-    """
-
-    def __init__(self, server: Any, context: ServeContext) -> None:
-        self._server = server
-        self._context = context
-        self.signum: int | None = None
-        self._draining = False
-
-    def started(self) -> None:
-        """First pass of the loop: the listening socket is being watched."""
-        # run() has just put its own SIGINT/SIGTERM handlers in place.
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, self._on_stop_signal)
-        signal.signal(signal.SIGQUIT, self._on_quit_signal)
-        self._context.ready()
-
-    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            exit_now(signum)
-        if self.signum is None:
-            self.signum = signum
-
-    def _on_quit_signal(self, signum: int, frame: FrameType | None) -> None:
-        exit_now(signum)
-
-    def tick(self) -> None:
-        """Called by meinheld about once a second; starts a requested drain."""
-        if self.signum is None or self._draining:
-            return
-        self._draining = True
-        log.info(
-            "stop requested: signal=%s pid=%d",
-            signal.Signals(self.signum).name,
-            os.getpid(),
-        )
-        self._context.draining()
-        # From now on a response closes its connection, and a connection
-        # that turns idle is closed after 2 s rather than the keep-alive
-        # timeout (meinheld's value for "off").
-        self._server.set_keepalive(0)
-        options = self._context.options
-        seconds = _whole_seconds(options.graceful_timeout, "--graceful-timeout")
-        self._server.stop(seconds)
 
 
 def environ_fixer(app: App, sock: socket.socket) -> App:

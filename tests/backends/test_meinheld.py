@@ -5,16 +5,16 @@ from __future__ import annotations
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import harness
+import meinheld  # noqa: F401  (CI installs every backend: a broken one fails)
 import pytest
 from conformance import wire
 
 from juggler.backends.base import BackendUnavailable, ServeOptions
 from juggler.backends.meinheld import MeinheldBackend
-
-pytest.importorskip("meinheld")
 
 APP = "meinheld_probe:app"
 FAMILIES = ["tcp", "unix"]
@@ -236,16 +236,58 @@ def test_drain_finishes_the_request_in_flight(family: str, tmp_path: Path) -> No
         conn.send(wire.build_request("GET", f"/block?{tmp_path}"))
         harness.wait_for((tmp_path / "started").exists, message="request started")
 
-        # The app holds meinheld's only thread, so the drain can only begin
-        # (STOPPING=1) once the request is answered.
+        # The app holds meinheld's only thread; the watch thread reports
+        # the drain all the same, before the request is answered.
         proc.signal(signal.SIGTERM)
+        proc.notify.wait_for("STOPPING=1")
         (tmp_path / "release").touch()
         response = conn.read_response()
         conn.close()
 
         assert response.body == b"released"
-        proc.notify.wait_for("STOPPING=1")
         assert proc.wait() == 0
+        assert "cut: " not in proc.log()
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_request_past_the_graceful_timeout_is_cut(family: str, tmp_path: Path) -> None:
+    # The barrier is never released: only the graceful timeout ends the
+    # request, although it holds meinheld's only thread all along.
+    graceful_timeout = 2.0
+    proc = serving(family, "--graceful-timeout", str(graceful_timeout))
+    try:
+        conn = connect(proc)
+        conn.send(wire.build_request("GET", f"/block?{tmp_path}"))
+        harness.wait_for((tmp_path / "started").exists, message="request started")
+
+        signalled = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        proc.notify.wait_for("STOPPING=1")
+        # Bounded: the graceful timeout plus a margin for a loaded machine.
+        assert proc.wait(timeout=graceful_timeout + 3) == 0
+        assert time.monotonic() - signalled >= graceful_timeout - 0.5
+        assert conn.at_eof()
+        conn.close()
+        assert "cut: requests still in the app after graceful_timeout=2s" in (
+            proc.log()
+        )
+    finally:
+        proc.stop()
+
+
+def test_sigquit_exits_at_once_while_the_app_holds_the_thread(
+    tmp_path: Path,
+) -> None:
+    proc = serving("tcp", "--graceful-timeout", "120")
+    try:
+        conn = connect(proc)
+        conn.send(wire.build_request("GET", f"/block?{tmp_path}"))
+        harness.wait_for((tmp_path / "started").exists, message="request started")
+        proc.signal(signal.SIGQUIT)
+        assert proc.wait(timeout=10) == 128 + signal.SIGQUIT
+        conn.close()
     finally:
         proc.stop()
 
