@@ -15,13 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from juggler.supervisor.config import json_object, to_json
 from juggler.supervisor.config_model import WatcherConfig, options_of
 from juggler.supervisor.config_values import READERS
 from juggler.supervisor.config_watcher import default_ready, is_runner
 from juggler.supervisor.control import CommandError
+from juggler.supervisor.stats import StatsSampler
 from juggler.supervisor.substitute import SubstitutionError, socket_references
 from juggler.supervisor.watcher import RestartFailed, Watcher
 
@@ -36,7 +35,7 @@ class Commands:
 
     def __init__(self, arbiter: Arbiter) -> None:
         self.arbiter = arbiter
-        self._stats_cache: dict[int, psutil.Process] = {}
+        self._stats = StatsSampler()
         self.table: dict[str, Command] = {
             "list": self.list_watchers,
             "status": self.status,
@@ -114,42 +113,12 @@ class Commands:
 
     async def stats(self, args: dict[str, Any]) -> Any:
         """Per-process figures from psutil, read off the event loop."""
-        watchers = self._targets(args)
-        processes = [(w.name, p) for w in watchers for p in w.processes.values()]
+        wanted = [
+            (w.name, p) for w in self._targets(args) for p in w.processes.values()
+        ]
+        live = [p for w in self.arbiter.watchers.values() for p in w.processes.values()]
         loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(None, self._sample, processes)
-        return rows
-
-    def _sample(self, processes: list[Any]) -> list[dict[str, Any]]:
-        rows = []
-        live = set()
-        for watcher, process in processes:
-            live.add(process.pid)
-            handle = self._stats_cache.get(process.pid)
-            try:
-                if handle is None:
-                    handle = self._stats_cache[process.pid] = psutil.Process(
-                        process.pid
-                    )
-                with handle.oneshot():
-                    rows.append(
-                        {
-                            "watcher": watcher,
-                            "wid": process.wid,
-                            "pid": process.pid,
-                            "age": round(process.age(), 3),
-                            "cpu": handle.cpu_percent(None),
-                            "rss": handle.memory_info().rss,
-                            "threads": handle.num_threads(),
-                            "open_files": handle.num_fds(),
-                            "connections": len(handle.net_connections()),
-                        }
-                    )
-            except psutil.Error:
-                continue  # it died while we looked
-        for pid in set(self._stats_cache) - live:
-            del self._stats_cache[pid]
-        return rows
+        return await loop.run_in_executor(None, self._stats.sample, wanted, live)
 
     # -- changing ----------------------------------------------------------
 
