@@ -230,6 +230,8 @@ class Arbiter:
         if self._control_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._control_path)
+        if self._token_path:
+            endpoint.remove_token(self._token_path)
         log.info("stopped: pid=%d", os.getpid())
 
     # -- reload ----------------------------------------------------------------

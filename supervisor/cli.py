@@ -88,7 +88,7 @@ def _is_control_command(argv: list[str]) -> bool:
     """``juggler status`` is a command; ``juggler web.ini`` runs a daemon."""
     from juggler.supervisor.ctl import COMMANDS
 
-    takes_value = {"--endpoint", "--timeout"}
+    takes_value = {"--endpoint", "--timeout", "--token-file"}
     skip = False
     for arg in argv:
         if skip:

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="unix:///path or tcp://host:port (default: the per-user socket, "
         "or $JUGGLER_ENDPOINT)",
     )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the token of a tcp:// endpoint, in a file only you can read "
+        "(default: $JUGGLER_TOKEN, then the token juggler generated for "
+        "this endpoint)",
+    )
     parser.add_argument("--json", action="store_true", help="print raw JSON")
     parser.add_argument(
         "--timeout",
@@ -124,7 +131,9 @@ def main(argv: Sequence[str]) -> int:
     try:
         request = _request_args(args)
         timeout = reply_timeout(args.command, args.timeout)
-        with Client(endpoints.parse(args.endpoint), timeout=timeout) as client:
+        where = endpoints.parse(args.endpoint)
+        token = endpoints.read_token(args.token_file) if args.token_file else None
+        with Client(where, token=token, timeout=timeout) as client:
             if args.command == "events":
                 return _stream_events(client, args.json)
             if args.command == "top":

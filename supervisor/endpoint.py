@@ -15,6 +15,7 @@ directory, where the CLI of the same user finds it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -93,7 +94,7 @@ def check_private_dir(directory: str, *, search_ok: bool = False) -> None:
         raise PermissionError(
             f"directory {directory} must be owned by uid {os.getuid()} and mode "
             f"{wanted} (it is uid {info.st_uid}, mode {info.st_mode & 0o777:o}); "
-            f"chmod 700 {directory}, or choose another endpoint"
+            f"chmod 700 {directory}"
         )
 
 
@@ -103,15 +104,12 @@ def token_path(endpoint: Endpoint) -> str:
 
 
 def read_token(path: str) -> str:
-    """Read a token file, refusing one that others can read or write."""
+    """Read a token file, refusing one that is not ours or that others can
+    read or write (checked on the open file, so that it cannot be swapped
+    between the check and the read)."""
     try:
-        info = os.stat(path)
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SupervisorError(
-                f"token file {path} is mode {info.st_mode & 0o777:o}; others must "
-                f"not read it (chmod 600 {path})"
-            )
         with open(path) as f:
+            _check_token_file(path, os.fstat(f.fileno()))
             token = f.read().strip()
     except OSError as exc:
         raise SupervisorError(
@@ -122,15 +120,41 @@ def read_token(path: str) -> str:
     return token
 
 
+def _check_token_file(path: str, info: os.stat_result) -> None:
+    if info.st_uid != os.getuid():
+        raise SupervisorError(
+            f"token file {path} belongs to uid {info.st_uid}, not to this user "
+            f"(uid {os.getuid()}); only its owner may use it"
+        )
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SupervisorError(
+            f"token file {path} is mode {info.st_mode & 0o777:o}; others must "
+            f"not read it (chmod 600 {path})"
+        )
+
+
 def generate_token(endpoint: Endpoint) -> str:
-    """Make a fresh token for ``endpoint``, readable by this user only."""
+    """Make a fresh token for ``endpoint``, readable by this user only, in
+    the private runtime directory (refused if it is not private)."""
     directory = runtime_dir()
-    os.makedirs(directory, mode=0o700, exist_ok=True)
     path = token_path(endpoint)
     token = secrets.token_urlsafe(32)
     tmp = f"{path}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        check_private_dir(directory)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SupervisorError(
+            f"cannot write the token for {endpoint}: {exc.strerror or exc}"
+        ) from None
     return token
+
+
+def remove_token(path: str) -> None:
+    """Remove a generated token file at shutdown (if it is still there)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

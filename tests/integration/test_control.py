@@ -340,6 +340,10 @@ def test_circus_tcp_endpoint_without_token_gets_a_generated_one(
         client.sendall(b'{"command": "list"}\n')
         reply = json.loads(client.makefile("rb").readline())
     assert reply == {"ok": False, "error": "unauthorized: missing or wrong token"}
+    # The generated token lives as long as the daemon.
+    assert sup.ctl_json("quit") == "stopping"
+    assert sup.wait(timeout=15) == 0
+    assert not token_file.exists()
 
 
 def test_options_get_set_and_globaloptions(juggler):
