@@ -28,13 +28,13 @@ import os
 import pwd
 import resource
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from juggler.supervisor.errors import SpawnError
+from juggler.supervisor.notify import NotifyChannel
 from juggler.supervisor.streams import LineSplitter, OutputStream, Piece
 
 log = logging.getLogger("juggler.supervisor")
@@ -253,35 +253,6 @@ class OutputPipe:
     def _deliver(self, pieces: list[Piece]) -> None:
         if pieces:
             self.sink.write(self.pid, pieces)
-
-
-class NotifyChannel:
-    """A private sd_notify socket for one child: it learns READY=1 here."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.setblocking(False)
-        self.ready = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_message)
-
-    def _on_message(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            while True:
-                data = self.sock.recv(4096)
-                lines = data.decode(errors="replace").splitlines()
-                if "READY=1" in lines and not self.ready.done():
-                    self.ready.set_result(None)
-
-    def close(self) -> None:
-        if self.sock.fileno() >= 0:
-            asyncio.get_running_loop().remove_reader(self.sock.fileno())
-            self.sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        if not self.ready.done():
-            self.ready.cancel()
 
 
 def spawn(

@@ -2,15 +2,15 @@
 
 The path of a byte. A child whose watcher has a stream writes into a pipe;
 the arbiter reads the other end on its loop (``process.OutputPipe``), cuts
-what it read into lines with a ``LineSplitter`` and hands them, one batch
-per read, to the watcher's ``OutputStream``. The processes of one watcher
-share it. A batch is written with one ``write``, so lines of two processes
-never interleave mid-line.
+what it read into lines with a ``LineSplitter`` (stream_lines.py) and hands
+them, one batch per read, to the watcher's ``OutputStream``. The processes
+of one watcher share it. A batch is written with one ``write``, so lines of
+two processes never interleave mid-line.
 
-Bounded memory. A line longer than ``MAX_LINE`` is cut into pieces as it
-arrives, never held whole; juggler's own streams start each piece after the
-first with ``CONTINUED``. Bytes are written as the child wrote them: nothing
-is decoded, so no output is lost to an encoding error.
+The classes: ``FileStream``, ``WatchedFileStream`` and
+``TimedRotatingFileStream`` write files (stream_files.py); ``StdoutStream``
+and ``FancyStdoutStream`` the supervisor's stdout; ``CustomStream`` calls a
+user's class, as Circus did. ``open_stream`` makes the one a config asks for.
 
 Never blocking the loop. Writes to a regular file land in the page cache.
 The supervisor's stdout may be a pipe or a terminal that stops reading: it
@@ -19,45 +19,67 @@ and what does not fit there is dropped. A custom class runs in a thread of
 its own behind a bounded queue. Dropped bytes are counted and logged, at
 most once per ``DROP_LOG_INTERVAL`` for each watcher's stream, naming the
 watcher and the pid.
-
-Known shortcoming: this module holds the line splitting, the five built-in
-classes and the custom-class adapter, past the 400 lines a module should
-keep; the file classes would move to a ``stream_files`` module of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
-import re
 import socket
 import stat
 import threading
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from juggler.supervisor.config_model import StreamConfig
 from juggler.supervisor.errors import SupervisorError
 from juggler.supervisor.hooks import HookError, import_target
+from juggler.supervisor.stream_files import (
+    FileStream,
+    TimedRotatingFileStream,
+    WatchedFileStream,
+)
+from juggler.supervisor.stream_lines import (
+    CONTINUED,
+    MAX_LINE,
+    LineSplitter,
+    Piece,
+    Stream,
+    render,
+    time_prefix,
+)
+
+__all__ = [
+    "CONTINUED",
+    "MAX_LINE",
+    "Console",
+    "CustomStream",
+    "FancyStdoutStream",
+    "FileStream",
+    "LineSplitter",
+    "OutputStream",
+    "Piece",
+    "StdoutStream",
+    "Stream",
+    "StreamError",
+    "TimedRotatingFileStream",
+    "WatchedFileStream",
+    "open_stream",
+    "render",
+    "time_prefix",
+]
 
 log = logging.getLogger("juggler.supervisor")
 
-MAX_LINE = 64 * 1024
-# The start of a piece that continues a line cut at MAX_LINE.
-CONTINUED = b"[...] "
 DROP_LOG_INTERVAL = 10.0
 # Bytes for the supervisor's stdout waiting on a slow reader, and for a
 # custom class waiting on its thread; past these, output is dropped.
 CONSOLE_BUFFER = 4 * 1024 * 1024
 CUSTOM_QUEUE = 8 * 1024 * 1024
-# How often a watched file's path is compared with the file held open.
-WATCH_INTERVAL = 1.0
 CLOSE_TIMEOUT = 5.0
 
 
@@ -65,309 +87,7 @@ class StreamError(SupervisorError):
     """A stream cannot be set up: a file that cannot be opened, a bad class."""
 
 
-# -- lines -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """Output of one process: whole lines, or one cut piece of a long line.
-
-    ``data`` ends with ``\\n`` when its last line is whole; without it, the
-    line was cut at ``MAX_LINE`` (or the process ended mid-line).
-    ``continued``: the first line continues a piece that was cut.
-    """
-
-    data: bytes
-    continued: bool = False
-
-
-class LineSplitter:
-    """Cuts a byte stream into ``Piece``s, holding at most ``max_line`` bytes."""
-
-    def __init__(self, max_line: int = MAX_LINE) -> None:
-        self.max_line = max_line
-        self._partial = b""
-        self._continued = False
-
-    def feed(self, data: bytes) -> list[Piece]:
-        pieces: list[Piece] = []
-        buffer = self._partial + data if self._partial else data
-        end = buffer.rfind(b"\n") + 1
-        if end:
-            self._whole_lines(buffer[:end], pieces)
-        rest = buffer[end:]
-        while len(rest) > self.max_line:
-            pieces.append(Piece(rest[: self.max_line], self._continued))
-            self._continued = True
-            rest = rest[self.max_line :]
-        self._partial = rest
-        return pieces
-
-    def flush(self) -> list[Piece]:
-        """What is left when the pipe closes: a last line without newline."""
-        rest, self._partial = self._partial, b""
-        continued, self._continued = self._continued, False
-        return [Piece(rest, continued)] if rest else []
-
-    def _whole_lines(self, block: bytes, pieces: list[Piece]) -> None:
-        # Fast path: a block no longer than max_line holds no long line.
-        if (
-            len(block) <= self.max_line
-            or max(map(len, block.split(b"\n"))) <= self.max_line
-        ):
-            pieces.append(Piece(block, self._continued))
-            self._continued = False
-            return
-        for line in block[:-1].split(b"\n"):
-            rest = line
-            while len(rest) > self.max_line:
-                pieces.append(Piece(rest[: self.max_line], self._continued))
-                self._continued = True
-                rest = rest[self.max_line :]
-            pieces.append(Piece(rest + b"\n", self._continued))
-            self._continued = False
-
-
-def render(pieces: Sequence[Piece], prefix: bytes = b"", suffix: bytes = b"") -> bytes:
-    """Pieces as juggler's streams write them: each line ends with a newline,
-    starts with ``prefix`` (and ``CONTINUED`` if it continues a cut one)."""
-    out = []
-    for piece in pieces:
-        body = piece.data[:-1] if piece.data.endswith(b"\n") else piece.data
-        if piece.continued:
-            body = CONTINUED + body
-        if prefix or suffix:
-            body = prefix + body.replace(b"\n", suffix + b"\n" + prefix) + suffix
-        out.append(body + b"\n")
-    return b"".join(out)
-
-
-def time_prefix(time_format: str | None, pid: int) -> bytes:
-    """``2024-05-01 12:00:00 [4312] | `` as Circus wrote it, or nothing."""
-    if not time_format:
-        return b""
-    stamp = time.strftime(time_format)
-    return f"{stamp} [{pid}] | ".encode(errors="replace")
-
-
-# -- the stream classes --------------------------------------------------------
-
-
-class Stream:
-    """Where a batch of one process's output goes.
-
-    ``write`` returns how many bytes it dropped (0: all written) and may
-    raise ``OSError``; it runs on the arbiter's loop and must not block.
-    """
-
-    def write(self, pid: int, pieces: Sequence[Piece]) -> int:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release the file; a later ``write`` opens it again."""
-
-    async def aclose(self) -> None:
-        self.close()
-
-
-class FileStream(Stream):
-    """Appends to a file; rotates it at ``max_bytes`` keeping ``backup_count``.
-
-    As in Python's RotatingFileHandler, rotation needs both numbers set.
-    Rotation renames ``F`` to ``F.1`` (``F.1`` to ``F.2``...) and opens a
-    new ``F`` between two writes, so no line is lost or cut by it; a line
-    longer than ``max_bytes`` gets a file of its own.
-
-    Known shortcoming: two streams on one file (two watchers, or a watcher
-    and its successor during a reload) each count its size and rotate it
-    on their own; sharing one ``FileStream`` per path would fix it.
-    """
-
-    def __init__(
-        self,
-        filename: str,
-        *,
-        time_format: str | None = None,
-        max_bytes: int = 0,
-        backup_count: int = 0,
-    ) -> None:
-        self.path = filename
-        self.time_format = time_format
-        self.max_bytes = max_bytes if backup_count > 0 else 0
-        self.backup_count = backup_count
-        self._fd = -1
-        self._size = 0
-        self._open()
-
-    def _open(self) -> None:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        self._fd = os.open(self.path, flags, 0o666)
-        self._size = os.fstat(self._fd).st_size
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def write(self, pid: int, pieces: Sequence[Piece]) -> int:
-        data = render(pieces, time_prefix(self.time_format, pid))
-        self._before_write()
-        if self.max_bytes:
-            self._write_sized(data)
-        else:
-            self._write_all(data)
-        return 0
-
-    def _before_write(self) -> None:
-        if self._fd < 0:
-            self._open()
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            self._size += written
-            view = view[written:]
-
-    def _write_sized(self, data: bytes) -> None:
-        while data:
-            room = self.max_bytes - self._size
-            if len(data) <= room:
-                self._write_all(data)
-                return
-            # Whole lines that still fit; a line longer than max_bytes is
-            # written alone into a fresh file.
-            cut = data.rfind(b"\n", 0, max(room, 0)) + 1
-            if not cut and self._size == 0:
-                cut = data.find(b"\n") + 1 or len(data)
-            if cut:
-                self._write_all(data[:cut])
-                data = data[cut:]
-            if data:
-                self.rotate()
-
-    def rotate(self) -> None:
-        self.close()
-        for index in range(self.backup_count - 1, 0, -1):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{self.path}.{index}", f"{self.path}.{index + 1}")
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(self.path, f"{self.path}.1")
-        self._open()
-
-
-class WatchedFileStream(FileStream):
-    """A file that logrotate may move or delete: reopened at its path.
-
-    The path is checked at most once per ``WATCH_INTERVAL``; lines written
-    in between land in the moved file, so none is lost.
-    """
-
-    def __init__(self, filename: str, *, time_format: str | None = None) -> None:
-        super().__init__(filename, time_format=time_format)
-        self._checked = time.monotonic()
-
-    def _before_write(self) -> None:
-        super()._before_write()
-        now = time.monotonic()
-        if now - self._checked < WATCH_INTERVAL:
-            return
-        self._checked = now
-        held = os.fstat(self._fd)
-        try:
-            current = os.stat(self.path)
-        except FileNotFoundError:
-            current = None
-        if current is None or (current.st_dev, current.st_ino) != (
-            held.st_dev,
-            held.st_ino,
-        ):
-            self.close()
-            self._open()
-
-
-# rotate_when -> (seconds, suffix of the rotated files), as Circus named them.
-ROTATE_UNITS = {
-    "S": (1, "%Y%m%d%H%M%S"),
-    "M": (60, "%Y%m%d%H%M"),
-    "H": (3600, "%Y%m%d%H"),
-    "D": (86400, "%Y%m%d"),
-    "MIDNIGHT": (86400, "%Y%m%d"),
-    "W": (7 * 86400, "%Y%m%d"),
-}
-
-
-class TimedRotatingFileStream(FileStream):
-    """Rotates every ``rotate_interval`` ``rotate_when``: ``F`` becomes
-    ``F.<start of its period>``; only the newest ``backup_count`` are kept.
-
-    Known shortcoming: a period is counted in seconds from the start of the
-    previous one, so a daylight-saving change shifts ``midnight`` and
-    weekly rotation by an hour until the next rotation.
-    """
-
-    def __init__(
-        self,
-        filename: str,
-        *,
-        time_format: str | None = None,
-        backup_count: int = 0,
-        rotate_when: str = "H",
-        rotate_interval: int = 1,
-        utc: bool = False,
-    ) -> None:
-        super().__init__(filename, time_format=time_format)
-        self.backup_count = backup_count
-        self.when = rotate_when.upper()
-        unit = "W" if self.when.startswith("W") else self.when
-        seconds, self.suffix = ROTATE_UNITS[unit]
-        self.interval = seconds * max(1, rotate_interval)
-        self.utc = utc
-        self._started = os.fstat(self._fd).st_mtime if self._size else time.time()
-        self._rotate_at = self._next_rotation(self._started)
-
-    def _clock(self, when: float) -> time.struct_time:
-        return time.gmtime(when) if self.utc else time.localtime(when)
-
-    def _next_rotation(self, start: float) -> float:
-        if self.when != "MIDNIGHT" and not self.when.startswith("W"):
-            return start + self.interval
-        t = self._clock(start)
-        midnight = start + 86400 - (t.tm_hour * 3600 + t.tm_min * 60 + t.tm_sec)
-        if self.when == "MIDNIGHT":
-            return midnight
-        days = (int(self.when[1]) - t.tm_wday - 1) % 7
-        return midnight + days * 86400
-
-    def _before_write(self) -> None:
-        super()._before_write()
-        now = time.time()
-        if now >= self._rotate_at:
-            self.rotate()
-            self._started = now
-            self._rotate_at = self._next_rotation(now)
-
-    def rotate(self) -> None:
-        self.close()
-        base = f"{self.path}.{time.strftime(self.suffix, self._clock(self._started))}"
-        target, n = base, 0
-        while os.path.exists(target):  # never overwrite an older backup
-            n += 1
-            target = f"{base}-{n}"
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(self.path, target)
-        self._delete_old()
-        self._open()
-
-    def _delete_old(self) -> None:
-        if self.backup_count <= 0:
-            return
-        folder, name = os.path.split(os.path.abspath(self.path))
-        rotated = re.compile(re.escape(name) + r"\.\d{8,14}(-\d+)?")
-        backups = sorted(f for f in os.listdir(folder) if rotated.fullmatch(f))
-        for old in backups[: -self.backup_count]:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(folder, old))
+# -- the supervisor's stdout ---------------------------------------------------
 
 
 class StdoutStream(Stream):

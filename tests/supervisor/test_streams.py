@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from juggler.supervisor import streams
+from juggler.supervisor import stream_files, streams
 from juggler.supervisor.config_model import StreamConfig
 from juggler.supervisor.streams import (
     CONTINUED,
@@ -161,7 +161,7 @@ def test_a_closed_file_stream_reopens_on_the_next_write(tmp_path):
 
 
 def test_watched_file_follows_its_path_after_a_move(tmp_path, monkeypatch):
-    monkeypatch.setattr(streams, "WATCH_INTERVAL", 0.0)
+    monkeypatch.setattr(stream_files, "WATCH_INTERVAL", 0.0)
     path = tmp_path / "out.log"
     stream = WatchedFileStream(str(path))
     stream.write(1, [Piece(b"before\n")])
