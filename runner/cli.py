@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
 
 from juggler.backends import registry
-from juggler.runner import serve
+from juggler.runner import parent, serve
 from juggler.runner.errors import EXIT_OK, EXIT_USAGE, BootError, RunnerError
 from juggler.runner.logs import LOG_LEVELS, configure_logging
+
+log = logging.getLogger("juggler.runner")
 
 SUBCOMMANDS = ("serve", "backends")
 
@@ -159,6 +162,8 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all: a parent that dies from here on is noticed (parent.py).
+    parent_pid = os.getppid()
     parser = build_parser()
     args = parser.parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
     if args.command == "backends":
@@ -166,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         _configure_logging(args.log_level, args.log_output)
+        if not parent.exit_with_parent(parent_pid):
+            log.info("parent pid=%d exited during boot; not serving", parent_pid)
+            return EXIT_OK
         settings = serve.settings_from_args(args, ADDRESS_FAMILIES, SOCKET_TYPES)
         if args.reload:
             from juggler.runner.reloader import run_with_reloader
@@ -187,7 +195,7 @@ def _configure_logging(level: str, output: str) -> None:
 
 
 def _report(exc: RunnerError) -> None:
-    logging.getLogger("juggler.runner").debug("failed", exc_info=exc)
+    log.debug("failed", exc_info=exc)
     if exc.details:
         print(exc.details, file=sys.stderr)
     print(f"error: {exc.message}", file=sys.stderr)

@@ -19,7 +19,7 @@ from typing import Any
 
 from juggler.backends import registry
 from juggler.backends.base import App, Backend, Interface, ServeContext, ServeOptions
-from juggler.runner import listen, parent
+from juggler.runner import listen
 from juggler.runner.accesslog import wrap_access_log
 from juggler.runner.app import (
     AppSpec,
@@ -139,7 +139,6 @@ def run(settings: Settings) -> int:
     """Serve until a stop signal; return the exit code."""
     os.environ.update(dict(settings.env))
     add_python_paths(list(settings.python_path))
-    parent.exit_with_parent()
     notifier = Notifier.from_environ()
     standby_fd = standby_fd_from_environ()
 

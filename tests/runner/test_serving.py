@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 import harness
+import psutil
+import pytest
 
 from runner.support import get, getenv, stop_and_wait
 
@@ -117,13 +119,16 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def test_runner_exits_when_its_parent_is_killed() -> None:
+@pytest.mark.parametrize("mode", [[], ["--reload"]], ids=["serve", "reload"])
+def test_runner_exits_when_its_parent_is_killed(mode: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp, harness.bind_tcp() as sock:
         notify = harness.NotifyListener(tmp)
         fd = sock.fileno()
         command = [
             *harness.runner_command(),
-            *("serve", "--fd", str(fd), "--python-path", str(harness.APPS_DIR), APP),
+            *("serve", "--fd", str(fd), "--python-path", str(harness.APPS_DIR)),
+            *mode,
+            APP,
         ]
         env = {**os.environ, "NOTIFY_SOCKET": notify.path}
         with open(os.path.join(tmp, "runner.log"), "wb") as log:
@@ -135,24 +140,31 @@ def test_runner_exits_when_its_parent_is_killed() -> None:
                 env=env,
                 start_new_session=True,
             )
-        runner_pid = 0
+        pids: list[int] = []
         try:
             assert parent.stdout is not None
-            runner_pid = int(parent.stdout.readline())
+            pids.append(int(parent.stdout.readline()))
             notify.wait_for("READY=1")
+            # With --reload the runner is a reloading parent; the worker that
+            # serves is its child, and must not outlive it either.
+            pids += [p.pid for p in psutil.Process(pids[0]).children()]
+            assert len(pids) == 1 + bool(mode), pids
 
             os.kill(parent.pid, signal.SIGKILL)
             parent.wait(harness.DEFAULT_DEADLINE)
-            harness.wait_for(
-                lambda: not _alive(runner_pid), message="runner exits after parent"
-            )
+            for pid in pids:
+                harness.wait_for(
+                    lambda pid=pid: not _alive(pid), message=f"pid {pid} exits"
+                )
         finally:
-            if runner_pid and _alive(runner_pid):
-                os.kill(runner_pid, signal.SIGKILL)
+            for pid in pids:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
             harness.stop_group(parent)
             if parent.stdout is not None:
                 parent.stdout.close()
             notify.close()
         # PR_SET_PDEATHSIG sent SIGTERM: a graceful stop, not a kill.
         log_text = Path(tmp, "runner.log").read_text()
-        assert f"[{runner_pid}] INFO juggler.runner: draining: " in log_text, log_text
+        serving_pid = pids[-1]
+        assert f"[{serving_pid}] INFO juggler.runner: draining: " in log_text, log_text
