@@ -7,6 +7,9 @@ Accepted forms:
   ``module:create_app("prod", debug=False)``, parsed with ``ast`` and never
   evaluated as code;
 - ``module`` alone -- ``module:application``, the WSGI convention;
+- ``package.module.attr`` -- chaussette's spelling (``server.app`` in
+  Circus's documentation): when no module has the whole dotted name, the
+  part after the last dot is the attribute;
 - ``paste:path/to/app.ini#name`` -- a PasteDeploy application.
 
 Errors distinguish a missing module (the path is wrong) from an exception
@@ -37,6 +40,8 @@ class AppSpec:
     call_args: tuple[Any, ...] | None = None  # None: not a factory call
     call_kwargs: tuple[tuple[str, Any], ...] = ()
     paste_uri: str | None = None
+    # No colon was given: a module alone, or chaussette's module.attr.
+    bare: bool = False
 
     def __str__(self) -> str:
         if self.paste_uri is not None:
@@ -53,11 +58,11 @@ def parse_spec(text: str) -> AppSpec:
             raise UsageError('app "paste:" names no file (expected paste:FILE#name)')
         return AppSpec(module="", attrs=(), paste_uri=uri)
 
-    module, _, expr = text.partition(":")
+    module, sep, expr = text.partition(":")
     if not module or not all(part.isidentifier() for part in module.split(".")):
         raise UsageError(f'app "{text}" is not of the form module:attr')
     if not expr:
-        return AppSpec(module=module, attrs=("application",))
+        return AppSpec(module=module, attrs=("application",), bare=not sep)
     try:
         node = ast.parse(expr, mode="eval").body
     except SyntaxError:
@@ -109,7 +114,35 @@ def load_app(spec: AppSpec) -> App:
     """Import and return the application callable that ``spec`` names."""
     if spec.paste_uri is not None:
         return _load_paste(spec.paste_uri)
-    module = _import_module(spec.module)
+    dotted = spec.bare and "." in spec.module
+    module = _import_module(spec.module, missing_ok=dotted)
+    if module is None:
+        return _load_dotted(spec)
+    obj = _resolve(spec, module)
+    if not callable(obj):
+        raise AppLoadError(
+            f'app "{spec}" is a {type(obj).__name__}, not a callable '
+            "WSGI or ASGI application"
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+def _load_dotted(spec: AppSpec) -> App:
+    """``a.b.c`` with no module ``a.b.c``: chaussette's ``a.b:c``."""
+    name, _, attr = spec.module.rpartition(".")
+    split = AppSpec(name, (attr,))
+    module = _import_module(name)
+    if not hasattr(module, attr):
+        raise AppImportError(
+            f'cannot import app "{spec.module}": there is no module of that '
+            f'name, and module "{name}" has no attribute "{attr}" '
+            f"(expected module:attr, as in {name}:app)"
+        )
+    return load_app(split)
+
+
+def _resolve(spec: AppSpec, module: Any) -> Any:
+    """Follow the attribute path from ``module``; call it if a factory."""
     obj: Any = module
     for depth, attr in enumerate(spec.attrs):
         if not hasattr(obj, attr):
@@ -122,18 +155,17 @@ def load_app(spec: AppSpec) -> App:
         obj = getattr(obj, attr)
     if spec.call_args is not None:
         obj = _call_factory(spec, obj)
-    if not callable(obj):
-        raise AppLoadError(
-            f'app "{spec}" is a {type(obj).__name__}, not a callable '
-            "WSGI or ASGI application"
-        )
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
-def _import_module(name: str) -> Any:
+def _import_module(name: str, *, missing_ok: bool = False) -> Any:
+    """Import ``name``; with ``missing_ok``, None when that very module
+    does not exist (its package does)."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
+        if missing_ok and exc.name == name:
+            return None
         # The module itself (or a package above it) is missing: a path
         # problem. A missing module imported *by* the user's code is an
         # error inside their module and falls through to the next branch.

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import re
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -73,3 +76,53 @@ class CommandRunner(harness.RunnerProcess):
 
     def command(self, fd: int) -> list[str]:
         return [*harness.runner_command(), *self._build(fd)]
+
+
+class StandaloneRunner(harness.RunnerProcess):
+    """A runner that binds its own socket (--host/--port or --uds).
+
+    No socket is passed: ``address`` is read from the runner's own
+    ``serving: ... on tcp HOST:PORT`` line, so ``--port 0`` works.
+    """
+
+    def __init__(self, args: Sequence[str], **kwargs: Any) -> None:
+        super().__init__("unused:app", **kwargs)
+        self.args = list(args)
+
+    def start(
+        self, wait_ready: bool = True, timeout: float = harness.DEFAULT_DEADLINE
+    ) -> None:
+        env = {**os.environ, "NOTIFY_SOCKET": self.notify.path, **self.env}
+        command = [*harness.runner_command(), *self.args]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=APPS,
+                start_new_session=True,
+            )
+        if wait_ready:
+            self.wait_ready(timeout)
+
+    @property
+    def address(self) -> tuple[str, int] | str:
+        found = re.search(r"serving: .* on (tcp|unix) (\S+) pid=", self.log())
+        assert found, f"no serving line in:\n{self.log()}"
+        kind, where = found.groups()
+        if kind == "unix":
+            return where
+        host, _, port = where.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        address = self.address
+        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+        if isinstance(address, tuple) and ":" in address[0]:
+            family = socket.AF_INET6
+        client = socket.socket(family, socket.SOCK_STREAM)
+        client.settimeout(timeout)
+        client.connect(address)
+        return client

@@ -13,7 +13,7 @@ import harness
 import pytest
 from harness import run_cli
 
-from runner.support import ANY_PORT, assert_fails, get
+from runner.support import ANY_PORT, StandaloneRunner, assert_fails, get
 
 # -- app errors: exit 4 --------------------------------------------------------
 
@@ -93,11 +93,42 @@ def test_factory_that_raises_shows_its_traceback() -> None:
         ('hello:create_app("Hi")', b"Hi, factory!"),
         ("hello:create_app(greeting='Hey')", b"Hey, factory!"),
         ("hello", b"Hello, world!"),
+        # chaussette's spelling: no module has the whole dotted name.
+        ("hello.app", b"Hello, world!"),
+        ("dotted_pkg.web.app", b"dotted app"),
+        # A module that exists keeps meaning module:application.
+        ("dotted_pkg.web", b"dotted application"),
     ],
 )
 def test_app_forms(app: str, body: bytes) -> None:
     with harness.running(app) as runner:
         assert get(runner, "/") == (200, body)
+
+
+def test_dotted_form_in_chaussettes_command_line() -> None:
+    # Circus's documentation writes server.app, with no subcommand.
+    with StandaloneRunner([*ANY_PORT, "hello.app"]) as runner:
+        assert get(runner, "/") == (200, b"Hello, world!")
+
+
+def test_dotted_form_with_a_missing_attribute() -> None:
+    result = run_cli([*ANY_PORT, "hello.nope"])
+    assert_fails(
+        result,
+        4,
+        'cannot import app "hello.nope": there is no module of that name',
+        'module "hello" has no attribute "nope"',
+    )
+
+
+def test_dotted_form_with_a_missing_package() -> None:
+    result = run_cli(["serve", *ANY_PORT, "no_such_package_here.app"])
+    assert_fails(
+        result,
+        4,
+        'cannot import app module "no_such_package_here.app"',
+        'no module named "no_such_package_here"',
+    )
 
 
 def test_paste_deploy_file(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ from juggler.runner.errors import UsageError
         ("hello:app", AppSpec("hello", ("app",))),
         ("pkg.sub.mod:app", AppSpec("pkg.sub.mod", ("app",))),
         ("hello:Holder.app", AppSpec("hello", ("Holder", "app"))),
-        ("hello", AppSpec("hello", ("application",))),
+        ("hello", AppSpec("hello", ("application",), bare=True)),
+        ("hello.app", AppSpec("hello.app", ("application",), bare=True)),
+        ("hello:", AppSpec("hello", ("application",))),
         ("hello:create_app()", AppSpec("hello", ("create_app",), ())),
         ('hello:create_app("Hi")', AppSpec("hello", ("create_app",), ("Hi",))),
         (

@@ -1,0 +1,1 @@
+"""A package for the dotted APP spellings (chaussette's ``package.module.attr``)."""
