@@ -31,11 +31,10 @@ import os
 import resource
 import shutil
 import signal
-import tempfile
 from collections.abc import Iterable
 from dataclasses import replace
 
-from juggler.supervisor import endpoint
+from juggler.supervisor import endpoint, notify
 from juggler.supervisor import sockets as sockets_mod
 from juggler.supervisor.commands import Commands
 from juggler.supervisor.config import ArbiterConfig, WatcherConfig, to_uid
@@ -78,7 +77,7 @@ class Arbiter:
         for signum in (*STOP_SIGNALS, signal.SIGHUP):
             loop.add_signal_handler(signum, self._signals.put_nowait, signum)
         raise_descriptor_limit()
-        self.runtime_dir = tempfile.mkdtemp(prefix="juggler-")
+        self.runtime_dir = notify.make_runtime_dir()
         try:
             self.bind_sockets(self.config)
             await self.start_control()

@@ -259,17 +259,19 @@ def spawn(
     watcher: str,
     wid: int,
     spec: SpawnSpec,
-    notify_path: str | None = None,
+    notify_dir: str | None = None,
     *,
     standby: bool = False,
 ) -> Process:
     """Start one child; raise ``SpawnError`` with a one-line cause.
 
-    With ``standby``, the child is a spare: it gets the read end of a pipe in
-    JUGGLER_STANDBY_FD and waits on it before serving (runner/standby.py).
+    With ``notify_dir``, the child gets a NOTIFY_SOCKET of its own there
+    (notify.py). With ``standby``, the child is a spare: it gets the read end
+    of a pipe in JUGGLER_STANDBY_FD and waits on it before serving
+    (runner/standby.py).
     """
     loop = asyncio.get_running_loop()
-    notify = NotifyChannel(notify_path) if notify_path else None
+    notify = _notify_channel(watcher, wid, spec, notify_dir)
     env = dict(spec.env)
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify.path
@@ -315,6 +317,21 @@ def spawn(
     process.spare = standby
     loop.add_reader(pidfd, process._on_pidfd_readable)
     return process
+
+
+def _notify_channel(
+    watcher: str, wid: int, spec: SpawnSpec, directory: str | None
+) -> NotifyChannel | None:
+    """The child's NOTIFY_SOCKET, in ``directory``, owned by its user."""
+    if directory is None:
+        return None
+    try:
+        return NotifyChannel(directory, uid=spec.uid, gid=spec.gid)
+    except OSError as exc:
+        raise SpawnError(
+            f"{watcher}[{wid}]: cannot make its notify socket in {directory}: "
+            f"{exc.strerror or exc}"
+        ) from exc
 
 
 def _close(*fds: int | None) -> None:

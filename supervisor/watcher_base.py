@@ -132,14 +132,14 @@ class WatcherBase(abc.ABC):
         """
         await self._hooks.check("before_spawn", self)  # hooks
         wid = self._free_wid()
-        notify_path = None
+        notify_dir = None
         if self.config.ready == "notify":
-            notify_path = os.path.join(
+            notify_dir = os.path.join(
                 self._runtime_dir, f"{self.name}.{wid}.{time.monotonic_ns()}"
             )
         try:
             process = proc.spawn(
-                self.name, wid, self._spawn_spec(wid), notify_path, standby=spare
+                self.name, wid, self._spawn_spec(wid), notify_dir, standby=spare
             )
         except SpawnError as exc:
             self._on_spawn_failed(wid, exc)

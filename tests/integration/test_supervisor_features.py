@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from harness import (
     APPS_DIR,
+    REPO_DIR,
     SupervisorProcess,
     http_get,
     juggler_command,
@@ -113,6 +114,75 @@ ready = none
     assert identity["fds"] == [0, 1, 2, 3]  # 3: listdir's own descriptor
     assert sup.serving()
     shutil.rmtree(shared)
+
+
+@pytest.fixture
+def system_python_tree():
+    """juggler importable by /usr/bin/python3 from a folder anyone may read.
+
+    The venv's interpreter lives under /root, which a dropped child cannot
+    enter; the system one (the same minor version) runs the same code.
+    """
+    if not os.access("/usr/bin/python3", os.X_OK):
+        pytest.fail("dropped-privilege tests need /usr/bin/python3")
+    tree = tempfile.mkdtemp(prefix="juggler-tree-")
+    os.chmod(tree, 0o755)
+    os.mkdir(os.path.join(tree, "juggler"))
+    for package in ("runner", "backends", "supervisor"):
+        os.symlink(REPO_DIR / package, os.path.join(tree, "juggler", package))
+    yield tree
+    shutil.rmtree(tree)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+def test_a_dropped_runner_announces_itself_on_its_notify_socket(
+    supervisor, system_python_tree
+):
+    sup = supervisor(
+        f"""
+[socket:web]
+path = {{tmp}}/web.sock
+
+[watcher:web]
+cmd = /usr/bin/python3 -m juggler.runner serve --fd $(circus.sockets.web)
+args = --python-path {{apps}} hello:app
+uid = nobody
+gid = nogroup
+ready = notify
+ready_timeout = 20
+numprocesses = 2
+
+[env:web]
+PYTHONPATH = {system_python_tree}
+"""
+    )
+    sup.wait_log("ready: web[", count=2)
+    assert "not ready" not in sup.log()
+    for pid in sup.serving():
+        with open(f"/proc/{pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:"))
+        assert uids.split()[1:] == ["65534"] * 4
+    assert http_get(f"{sup.tmp}/web.sock") == (200, b"Hello, world!")
+    # Each socket sits in a folder of its child's own, out of others' reach.
+    [runtime] = {
+        os.path.dirname(os.path.dirname(path)) for path in notify_sockets(sup.serving())
+    }
+    assert os.stat(runtime).st_mode & 0o777 == 0o711
+    for path in notify_sockets(sup.serving()):
+        folder = os.stat(os.path.dirname(path))
+        assert (folder.st_uid, folder.st_mode & 0o777) == (65534, 0o700)
+        assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def notify_sockets(pids: list[int]) -> list[str]:
+    paths = []
+    for pid in pids:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(
+                item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item
+            )
+        paths.append(env[b"NOTIFY_SOCKET"].decode())
+    return paths
 
 
 def test_adopts_an_inherited_socket_instead_of_binding(tmp_path):
