@@ -1,4 +1,5 @@
-"""Load the user's application from an ``APP`` argument and tell its kind.
+"""Load the user's application from an ``APP`` argument and tell its kind;
+load the ``--pre-hook``/``--post-hook`` functions the same way.
 
 Accepted forms:
 
@@ -24,11 +25,17 @@ import inspect
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from juggler.backends.base import App, Interface
-from juggler.runner.errors import AppImportError, AppLoadError, UsageError
+from juggler.runner.errors import (
+    AppImportError,
+    AppLoadError,
+    HookError,
+    UsageError,
+)
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,7 @@ def _load_dotted(spec: AppSpec) -> App:
     return load_app(split)
 
 
-def _resolve(spec: AppSpec, module: Any) -> Any:
+def _resolve(spec: AppSpec, module: Any, example: str = "app") -> Any:
     """Follow the attribute path from ``module``; call it if a factory."""
     obj: Any = module
     for depth, attr in enumerate(spec.attrs):
@@ -150,7 +157,7 @@ def _resolve(spec: AppSpec, module: Any) -> Any:
             kind = "module" if depth == 0 else "object"
             raise AppLoadError(
                 f'{kind} "{owner}" has no attribute "{attr}" '
-                f"(expected module:attr, as in {spec.module}:app)"
+                f"(expected module:attr, as in {spec.module}:{example})"
             )
         obj = getattr(obj, attr)
     if spec.call_args is not None:
@@ -158,9 +165,51 @@ def _resolve(spec: AppSpec, module: Any) -> Any:
     return obj
 
 
-def _import_module(name: str, *, missing_ok: bool = False) -> Any:
+def load_hook(option: str, target: str) -> Callable[..., Any]:
+    """Import the function a ``--pre-hook``/``--post-hook`` names.
+
+    ``module:function``, or Circus's ``module.function``. Every error is
+    worded as the option's, not the app's: ``--pre-hook "x:y": ...``.
+    """
+    spec = _hook_spec(option, target)
+    try:
+        module = _import_module(spec.module, what="module")
+        hook = _resolve(spec, module, example="function")
+    except AppLoadError as exc:
+        raise HookError(
+            f'{option} "{target}": {exc.message}', details=exc.details
+        ) from None
+    if not callable(hook):
+        raise HookError(
+            f'{option} "{target}" is a {type(hook).__name__}, not a function'
+        )
+    return hook  # type: ignore[no-any-return]
+
+
+def _hook_spec(option: str, target: str) -> AppSpec:
+    expected = UsageError(
+        f'{option} "{target}": expected module:function or module.function'
+    )
+    try:
+        spec = parse_spec(target)
+    except UsageError:
+        raise expected from None
+    if spec.paste_uri is not None or spec.call_args is not None:
+        raise expected
+    if spec.bare:
+        # A module is never a hook: the last dotted part is the function.
+        name, _, attr = spec.module.rpartition(".")
+        if not name:
+            raise expected
+        return AppSpec(name, (attr,))
+    return spec
+
+
+def _import_module(
+    name: str, *, missing_ok: bool = False, what: str = "app module"
+) -> Any:
     """Import ``name``; with ``missing_ok``, None when that very module
-    does not exist (its package does)."""
+    does not exist (its package does). ``what`` names it in errors."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -173,23 +222,22 @@ def _import_module(name: str, *, missing_ok: bool = False) -> Any:
             name == exc.name or name.startswith(exc.name + ".")
         ):
             raise AppImportError(
-                f'cannot import app module "{name}": no module named '
+                f'cannot import {what} "{name}": no module named '
                 f'"{exc.name}" (working directory {os.getcwd()}; add its folder '
                 "with --python-path)"
             ) from None
-        raise _error_inside_module(name, exc) from None
+        raise _error_inside_module(name, exc, what) from None
     except Exception as exc:
-        raise _error_inside_module(name, exc) from None
+        raise _error_inside_module(name, exc, what) from None
 
 
-def _error_inside_module(name: str, exc: BaseException) -> AppImportError:
+def _error_inside_module(name: str, exc: BaseException, what: str) -> AppImportError:
     where = ""
     if isinstance(exc, SyntaxError) and exc.filename:
         where = f" at {exc.filename}:{exc.lineno}"
     return AppImportError(
-        f'app module "{name}" raised {type(exc).__name__}{where} while '
-        f"importing: {exc}",
-        details=_user_traceback(exc),
+        f'{what} "{name}" raised {type(exc).__name__}{where} while importing: {exc}',
+        details=user_traceback(exc),
     )
 
 
@@ -201,11 +249,11 @@ def _call_factory(spec: AppSpec, factory: Any) -> Any:
     except Exception as exc:
         raise AppLoadError(
             f'app factory "{spec}" raised {type(exc).__name__}: {exc}',
-            details=_user_traceback(exc),
+            details=user_traceback(exc),
         ) from None
 
 
-def _user_traceback(exc: BaseException) -> str:
+def user_traceback(exc: BaseException) -> str:
     """The traceback without the frames of importlib and of this module."""
     frames = [
         frame
@@ -234,7 +282,7 @@ def _load_paste(uri: str) -> App:
     except Exception as exc:
         raise AppLoadError(
             f'PasteDeploy app "{uri}" failed to load: {type(exc).__name__}: {exc}',
-            details=_user_traceback(exc),
+            details=user_traceback(exc),
         ) from None
     return app  # type: ignore[no-any-return]
 

@@ -56,3 +56,7 @@ class AppLoadError(RunnerError):
 
 class AppImportError(AppLoadError):
     """The application's module is missing or raised while importing."""
+
+
+class HookError(AppLoadError):
+    """A --pre-hook or --post-hook cannot be loaded, or raised."""

@@ -13,9 +13,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from juggler.backends import registry
 from juggler.backends.base import App, Backend, Interface, ServeContext, ServeOptions
@@ -26,12 +25,14 @@ from juggler.runner.app import (
     add_python_paths,
     detect_interface,
     load_app,
+    load_hook,
     parse_spec,
+    user_traceback,
 )
 from juggler.runner.errors import (
     EXIT_OK,
-    AppLoadError,
     BootError,
+    HookError,
     RunnerError,
     UsageError,
 )
@@ -149,6 +150,10 @@ def run(settings: Settings) -> int:
 
     sys.argv = [str(settings.app), *settings.app_args]
     app = load_app(settings.app)
+    # Both hooks are imported now, so that a typo in either fails the boot
+    # (exit 4) rather than surfacing only when the worker stops.
+    pre_hook = _load_hook("--pre-hook", settings.pre_hook)
+    post_hook = _load_hook("--post-hook", settings.post_hook)
     interface = _interface(settings, app)
     if backend is None:
         backend = _prepare(registry.DEFAULT_FOR_INTERFACE[interface], settings.options)
@@ -164,11 +169,11 @@ def run(settings: Settings) -> int:
     )
     if standby_fd is not None and not wait_for_promotion(standby_fd, notifier):
         return EXIT_OK
-    _call_hook(settings.pre_hook, "pre-hook", settings)
+    _run_pre_hook(pre_hook, settings)
     try:
         backend.serve(sock, app, context)
     finally:
-        _call_hook(settings.post_hook, "post-hook", settings)
+        _run_post_hook(post_hook, settings)
     log.info("stopped: pid=%d", os.getpid())
     return EXIT_OK
 
@@ -252,14 +257,52 @@ def _on_draining(notifier: Notifier, options: ServeOptions) -> None:
     notifier.stopping()
 
 
-def _call_hook(target: str | None, what: str, settings: Settings) -> None:
+@dataclass(frozen=True)
+class _Hook:
+    option: str
+    target: str
+    function: Callable[[Settings], object]
+
+
+def _load_hook(option: str, target: str | None) -> _Hook | None:
     if target is None:
+        return None
+    return _Hook(option, target, load_hook(option, target))
+
+
+def _run_pre_hook(hook: _Hook | None, settings: Settings) -> None:
+    """A pre-hook that raises fails the boot: exit 4, no serving."""
+    if hook is None:
         return
-    hook: Any = load_app(parse_spec(target))
-    log.info("running %s %s", what, target)
+    log.info("running %s %s pid=%d", hook.option, hook.target, os.getpid())
     try:
-        hook(settings)
+        hook.function(settings)
     except Exception as exc:
-        raise AppLoadError(
-            f"{what} {target} raised {type(exc).__name__}: {exc}"
-        ) from exc
+        raise HookError(
+            f'{hook.option} "{hook.target}" raised {type(exc).__name__}: {exc}',
+            details=user_traceback(exc),
+        ) from None
+
+
+def _run_post_hook(hook: _Hook | None, settings: Settings) -> None:
+    """A post-hook that raises is logged and changes nothing else.
+
+    The worker has stopped by now, cleanly or not; the exit status must keep
+    saying how the stop went (a supervisor reads 0 as "stopped as asked"),
+    and an exception from here would replace one already on its way out.
+    """
+    if hook is None:
+        return
+    log.info("running %s %s pid=%d", hook.option, hook.target, os.getpid())
+    try:
+        hook.function(settings)
+    except Exception as exc:
+        log.error(
+            '%s "%s" raised %s: %s pid=%d\n%s',
+            hook.option,
+            hook.target,
+            type(exc).__name__,
+            exc,
+            os.getpid(),
+            user_traceback(exc),
+        )
