@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest sysdeps bench clean
+.PHONY: setup demo test lint typecheck pytest sysdeps bench microbench clean
 
 setup: $(STAMP)
 
@@ -46,10 +46,15 @@ pytest: setup
 	$(BIN)/pytest
 
 # The peers the benchmark measures (gunicorn, circus, ...) are the bench
-# extra, installed only here: the tests do not need them.
+# extra, installed only here: the tests do not need them. The quick profile
+# includes one brief pass of the micro-benchmarks; `make microbench` runs
+# them alone, timed at pytest-benchmark's defaults, with its own table.
 bench: setup sysdeps
 	$(BIN)/pip install --quiet -e '.[all,dev,bench]'
 	$(BIN)/python -m bench --quick
+
+microbench: setup
+	$(BIN)/pytest -p no:cacheprovider bench/micro
 
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache

@@ -20,11 +20,13 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import management, reload, report, runs, summary, system, wrk
+from bench.micro import run as micro_run
 from bench.profiles import PROFILES
 from bench.stacks import REFERENCE_ONLY
 
@@ -106,20 +108,35 @@ def measure(profile: Any, tools: runs.Tools) -> dict[str, Any]:
     throughput = runs.run_rounds(profile, tools)
     process = management.run_all(profile, tools)
     process += reload.run_all(profile, tools)
+    micro = _micro(profile)
     meta["load_average_end"] = list(os.getloadavg())
     return {
         "meta": meta,
         "profile": profile.to_json(),
         "throughput": throughput,
         "process": process,
+        "micro": micro,
         "wall_seconds": time.monotonic() - started,
     }
 
 
+def _micro(profile: Any) -> dict[str, Any]:
+    log.info("micro-benchmarks")
+    tmp = tempfile.mkdtemp(prefix="juggler-bench-")
+    try:
+        return micro_run.run(tmp, profile.micro_max_time, profile.micro_min_rounds)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def failures(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of the product or a peer that errored (reference rows and
-    counts refused for lack of memory are reported, not failed)."""
+    counts refused for lack of memory are reported, not failed), and the
+    micro-benchmarks when they failed."""
     rows = result["throughput"] + result["process"]
+    micro = result.get("micro") or {}
+    if micro.get("error"):
+        rows = [*rows, {"config": "micro-benchmarks", "error": micro["error"]}]
     return [
         row
         for row in rows

@@ -12,6 +12,18 @@ def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
+def duration(seconds: float | None, signed: bool = False) -> str:
+    """A time per call in the unit that suits it: ns, µs, ms or s."""
+    if seconds is None:
+        return "-"
+    sign = "+" if signed and seconds >= 0 else ""
+    size = abs(seconds)
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if size >= scale:
+            return f"{sign}{seconds / scale:,.3g} {unit}"
+    return f"{sign}{seconds * 1e9:,.0f} ns"
+
+
 def cell_error(text: str) -> str:
     """An error on one line that cannot break the table."""
     one_line = " ".join(text.split()).replace("|", "/")

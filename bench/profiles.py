@@ -46,6 +46,10 @@ class Profile:
     reloads: int = 1
     reload_duration: float = 8
     reload_backends: tuple[str, ...] = ("wsgiref",)
+    # Micro-benchmarks: about this many seconds of timing each, and at
+    # least this many rounds (pytest-benchmark's max-time and min-rounds).
+    micro_max_time: float = 0.1
+    micro_min_rounds: int = 5
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +83,8 @@ FULL = Profile(
     reloads=3,
     reload_duration=20,
     reload_backends=("wsgiref", "meinheld"),
+    micro_max_time=1.0,
+    micro_min_rounds=10,
 )
 
 PROFILES = {"quick": QUICK, "full": FULL}

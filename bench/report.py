@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench import report_process
-from bench.markdown import cell_error, fmt, table
+from bench.markdown import cell_error, duration, fmt, table
+from bench.micro.run import over_baseline
 from bench.profiles import WORKLOAD_TITLES
 from bench.summary import Summary, ratio, summarise
 
@@ -114,6 +115,30 @@ def load_table(summaries: list[Summary]) -> str:
     return table(header, lines)
 
 
+def micro_table(micro: dict[str, Any] | None) -> str:
+    if not micro:
+        return "- Not run in this report."
+    header = ["benchmark", "group", "median", "IQR", "rounds", "over baseline"]
+    header.append("what it measures")
+    rows = micro["benchmarks"]
+    lines = [
+        [
+            f"`{r['name']}`",
+            r["group"],
+            duration(r["median_s"]),
+            duration(r["iqr_s"]),
+            str(r["rounds"]),
+            duration(over_baseline(rows, r), signed=True),
+            r["what"],
+        ]
+        for r in rows
+    ]
+    text = table(header, lines)
+    if micro.get("error"):
+        text += f"\n\n- {cell_error(micro['error'])}"
+    return text
+
+
 # -- the summary ---------------------------------------------------------------
 
 
@@ -179,6 +204,10 @@ def render(result: Result, charts: list[str] | None = None) -> str:
             report_process.idle_table(process),
         ),
         ("Supervisor under the hello-world load", load_table(summaries)),
+        (
+            "Micro-benchmarks (pytest-benchmark, time per call)",
+            micro_table(result.get("micro")),
+        ),
         ("Where juggler falls short", _falls(shortfalls(summaries, process))),
         ("Notes", NOTES),
     ]
