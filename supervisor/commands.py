@@ -12,16 +12,12 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from juggler.supervisor import runtime_options
 from juggler.supervisor.config import json_object, to_json
-from juggler.supervisor.config_model import WatcherConfig, options_of
-from juggler.supervisor.config_values import READERS
-from juggler.supervisor.config_watcher import default_ready, is_runner
 from juggler.supervisor.control import CommandError
 from juggler.supervisor.stats import StatsSampler
-from juggler.supervisor.substitute import SubstitutionError, socket_references
 from juggler.supervisor.watcher import RestartFailed, Watcher
 
 if TYPE_CHECKING:
@@ -206,13 +202,12 @@ class Commands:
     async def set(self, args: dict[str, Any]) -> Any:
         """Change options, written as in the INI file; checked like it."""
         watcher = self._watcher(args)
-        changes = args.get("options")
-        if not isinstance(changes, dict) or not changes:
+        given = args.get("options")
+        if not isinstance(given, dict) or not given:
             raise CommandError("set needs KEY VALUE pairs")
-        values = {key: _read_option(key, text) for key, text in changes.items()}
-        await self.arbiter.reconfigure_watcher(
-            watcher, replace(watcher.config, **values)
-        )
+        values = runtime_options.read_options(given)
+        config = runtime_options.changed(watcher.config, values, self.arbiter.sockets)
+        await self.arbiter.reconfigure_watcher(watcher, config)
         return {
             "changed": sorted(values),
             "note": "numprocesses applies now; the rest to processes spawned "
@@ -223,22 +218,16 @@ class Commands:
         return to_json(self.arbiter.config)["circus"]
 
     async def add(self, args: dict[str, Any]) -> Any:
+        """A new watcher: a name, a cmd and options as in the INI file."""
         name, cmd = args.get("name"), args.get("cmd")
         if not isinstance(name, str) or not isinstance(cmd, str) or not cmd:
             raise CommandError("add needs a NAME and a CMD")
         name = name.lower()
         if name in self.arbiter.watchers:
             raise CommandError(f"a watcher named {name!r} exists already")
-        try:
-            sockets = socket_references(cmd, self.arbiter.sockets)
-        except SubstitutionError as exc:
-            raise CommandError(str(exc)) from None
-        config = WatcherConfig(
-            name=name,
-            cmd=cmd,
-            sockets=frozenset(sockets),
-            ready=default_ready(cmd),
-            spare_processes=1 if is_runner(cmd) else 0,
+        values = runtime_options.read_options(args.get("options") or {})
+        config = runtime_options.added(
+            name, cmd, values, self.arbiter.sockets, self.arbiter.config.env
         )
         watcher = await self.arbiter.add_watcher(config, start=bool(args.get("start")))
         return watcher.status()
@@ -251,23 +240,6 @@ class Commands:
     async def quit(self, args: dict[str, Any]) -> str:
         self.arbiter.request_stop()
         return "stopping"
-
-
-# Options that ``set`` refuses: identity, or parsed from several keys.
-_FIXED_OPTIONS = {"name", "sockets", "env", "hooks", "stdout_stream", "stderr_stream"}
-
-
-def _read_option(key: str, text: object) -> Any:
-    """A value given to ``set``, read as the config file reads it."""
-    spec = options_of(WatcherConfig).get(key)
-    if spec is None or key in _FIXED_OPTIONS or spec[0].kind == "raw":
-        raise CommandError(f"option {key!r} cannot be set at run time")
-    if not isinstance(text, str):
-        text = str(text)
-    try:
-        return READERS[spec[0].kind](text)
-    except ValueError as exc:
-        raise CommandError(f"{key}: {exc}") from None
 
 
 def _signal_number(value: object) -> int:

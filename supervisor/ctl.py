@@ -79,11 +79,21 @@ COMMANDS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
     ),
     "globaloptions": ("the [circus] options in force", []),
     "add": (
-        "add a watcher: add NAME CMD",
+        "add a watcher: add NAME CMD [--option KEY=VALUE ...]",
         [
             NAME_REQUIRED,
             ("cmd", {"help": "the command, quoted"}),
             ("--start", {"action": "store_true", "help": "start it at once"}),
+            (
+                "--option",
+                {
+                    "action": "append",
+                    "default": [],
+                    "metavar": "KEY=VALUE",
+                    "help": "a watcher option, written as in the config file "
+                    "(repeatable)",
+                },
+            ),
         ],
     ),
     "rm": ("stop a watcher and remove it", [NAME_REQUIRED]),
@@ -187,6 +197,7 @@ def _request_args(args: argparse.Namespace) -> dict[str, Any]:
         request["options"] = dict(zip(args.pairs[::2], args.pairs[1::2], strict=True))
     if args.command == "add":
         request.update(cmd=args.cmd, start=args.start)
+        request["options"] = dict(_option(text) for text in args.option)
     if args.command == "signal":
         if len(args.rest) > 2:
             raise SupervisorError("signal takes NAME [PID] SIGNAL")
@@ -197,6 +208,13 @@ def _request_args(args: argparse.Namespace) -> dict[str, Any]:
         request["signum"] = args.rest[-1]
         request["children"] = args.children
     return request
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise SupervisorError(f"--option takes KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
 
 
 def _stream_events(client: Client, as_json: bool) -> int:

@@ -381,3 +381,79 @@ def test_add_and_rm_a_watcher(juggler):
     )
     assert sup.ctl_json("rm", "web2") == ["web"]
     assert len(sup.serving()) == 2
+
+
+def test_add_takes_options_read_as_the_config_file_reads_them(juggler):
+    sup = juggler(CONFIG)
+    sup.wait_log("ready: web[", count=2)
+    options = ["--option", "numprocesses=3", "--option", "warmup_delay=0"]
+    added = sup.ctl_json(
+        "add",
+        "sl",
+        "sleep 1000",
+        *options,
+        "--option",
+        "ready = none",
+        "--option",
+        "copy_env=yes",
+        "--start",
+    )
+    assert added["state"] == "running" and len(added["processes"]) == 3
+    got = sup.ctl_json("options", "sl")
+    assert got["numprocesses"] == 3 and got["warmup_delay"] == 0.0
+    # copy_env: the daemon's own environment (the harness set this variable).
+    assert got["ready"] == "none" and got["env"]["JUGGLER_ENDPOINT"] == sup.endpoint
+    # Over the protocol: options as an object; numbers are read as text is.
+    reply = json.loads(
+        raw_exchange(
+            control_path(sup),
+            json.dumps(
+                {
+                    "command": "add",
+                    "args": {
+                        "name": "two",
+                        "cmd": "sleep 1000",
+                        "options": {"numprocesses": 2, "ready": "none"},
+                    },
+                }
+            ).encode()
+            + b"\n",
+        )
+    )
+    assert reply["ok"] and reply["result"]["numprocesses"] == 2
+    assert "JUGGLER_ENDPOINT" not in sup.ctl_json("options", "two")["env"]
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--option", "nosuch=1"], "unknown option 'nosuch'"),
+        (
+            ["--option", "numprocesses=lots"],
+            "numprocesses: expected an integer, got 'lots'",
+        ),
+        (
+            ["--option", "singleton=true", "--option", "numprocesses=2"],
+            "bad is a singleton: numprocesses must be 0 or 1",
+        ),
+        (
+            ["--option", "copy_path=true"],
+            "copy_path: needs copy_env = true (as in Circus)",
+        ),
+        (["--option", "name=other"], "option 'name' cannot be set at run time"),
+        (["--option", "stdin_socket=nope"], "stdin_socket: no [socket:nope]"),
+        (
+            ["--option", "args=$(circus.sockets.nope)"],
+            "$(circus.sockets.nope): no [socket:nope] section (sockets: web)",
+        ),
+        (["--option", "numprocesses"], "--option takes KEY=VALUE, got 'numprocesses'"),
+    ],
+    # Plain ids: the test's id lands in the environment the watchers copy.
+    ids=lambda value: "" if isinstance(value, str) else value[1].split("=")[0],
+)
+def test_add_with_a_bad_option_adds_nothing(juggler, options, error):
+    sup = juggler(CONFIG)
+    done = sup.ctl("add", "bad", "sleep 1000", *options, "--start")
+    assert done.returncode == 1
+    assert done.stderr == f"error: {error}\n"
+    assert sup.ctl_json("list") == ["web"]
