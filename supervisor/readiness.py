@@ -65,7 +65,10 @@ class ReadyWatcher(WatcherBase):
         if await self._wait_ready(process) or not process.alive:
             return
         await self._stop_process(process)
-        if self.state == WatcherState.RUNNING and self.config.respawn:
+        # While starting too: else a watcher whose first processes all lag
+        # would be "running" with none.
+        active = (WatcherState.RUNNING, WatcherState.STARTING)
+        if self.state in active and self.config.respawn:
             self._after_unexpected_exit(process)
 
     def _on_ready(self, process: Process) -> None:

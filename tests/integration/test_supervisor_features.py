@@ -226,3 +226,43 @@ copy_env = true
         listener.close()
     # An adopted path is not ours to remove.
     assert (tmp_path / "adopted.sock").exists()
+
+
+LATE = """
+[watcher:late]
+cmd = {python} {apps}/late_ready.py {tmp}/runs %(silent)d
+numprocesses = 2
+ready = notify
+ready_timeout = 1
+graceful_timeout = 5
+flapping.retry_in = 60
+"""
+
+
+def watcher_status(sup: SupervisorProcess, name: str) -> dict:
+    return sup.status()[name]  # type: ignore[return-value]
+
+
+def test_a_process_not_ready_at_start_is_replaced(supervisor):
+    sup = supervisor(LATE % {"silent": 1})
+    sup.wait_log("not ready: late[")
+
+    def two_ready() -> bool:
+        state = watcher_status(sup, "late")
+        ready = [p for p in state["processes"] if p["ready"]]
+        return state["state"] == "running" and len(ready) == 2
+
+    wait_for(two_ready, message="two ready processes")
+    assert "flapping" not in sup.log()
+
+
+def test_a_watcher_whose_processes_never_get_ready_flaps_not_runs_empty(
+    supervisor,
+):
+    sup = supervisor(LATE % {"silent": 1000})
+    wait_for(
+        lambda: watcher_status(sup, "late")["state"] == "flapping",
+        message="late flapping",
+    )
+    assert "flapping: late 2 processes died young in a row" in sup.log()
+    assert sup.serving("late") == []
