@@ -165,7 +165,8 @@ def _charts(result: dict[str, Any], out: str, stem: str) -> list[str]:
     try:
         from bench import charts
 
-        return charts.draw(summary.summarise(result["throughput"]), out, stem)
+        summaries = summary.summarise(result["throughput"])
+        return charts.draw(summaries, result["process"], out, stem)
     except ImportError:
         log.warning("no charts: matplotlib is not installed (the bench extra)")
         return []

@@ -31,6 +31,8 @@ class Summary:
     p99_ms: float | None
     errors: int
     spread_pct: float | None
+    rps_min: float | None
+    rps_max: float | None
     cpu_pct: float | None
     rss_mib: float | None
     error: str | None
@@ -84,6 +86,8 @@ def _summary(key: Key, rows: list[Row]) -> Summary:
         p99_ms=_median(r["p99_ms"] for r in good),
         errors=sum(int(r["errors"]) for r in good),
         spread_pct=spread,
+        rps_min=min(rates) if rates else None,
+        rps_max=max(rates) if rates else None,
         cpu_pct=_median(r.get("supervisor_cpu_pct") for r in good),
         rss_mib=_median(r.get("supervisor_rss_mib") for r in good),
         error=errors[0] if errors else None,
