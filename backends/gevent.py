@@ -39,6 +39,7 @@ import os
 import signal
 import socket
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any
 
 from juggler.backends.base import (
@@ -49,6 +50,7 @@ from juggler.backends.base import (
     ServeOptions,
     require,
 )
+from juggler.backends.http11_limits import HttpError, read_field_lines
 from juggler.backends.signals import STOP_SIGNALS, exit_now
 
 log = logging.getLogger("juggler.backends.gevent")
@@ -229,29 +231,17 @@ class HeadTooLarge(ValueError):
 
 
 def read_head_fields(fp: Any, limits: HeadLimits) -> bytes:
-    """Read header lines up to the blank line, enforcing the head limits."""
-    lines = []
-    while True:
-        # Room for CRLF plus one byte tells a line at the limit from one over.
-        line: bytes = fp.readline(limits.max_header_size + 3)
-        if line in (b"\r\n", b"\n", b""):
-            break
-        if b":" not in line and line[:1] not in (b" ", b"\t"):
-            # The email parser would take it for the end of the head and
-            # drop the fields after it; refuse the request instead (400).
-            raise ValueError(f"header line without a colon: {line[:40]!r}")
-        if len(line.rstrip(b"\r\n")) > limits.max_header_size:
-            raise HeadTooLarge(
-                "431 Request Header Fields Too Large",
-                f"a header field is longer than {limits.max_header_size} bytes",
-            )
-        lines.append(line)
-        if len(lines) > limits.max_header_count:
-            raise HeadTooLarge(
-                "431 Request Header Fields Too Large",
-                f"more than {limits.max_header_count} header fields",
-            )
-    return b"".join(lines) + b"\r\n"
+    """Read header lines up to the blank line, enforcing the head limits.
+
+    pywsgi answers a ValueError with 400; a HeadTooLarge with its status.
+    """
+    try:
+        return read_field_lines(fp, limits)
+    except HttpError as exc:
+        if exc.status == 400:
+            raise ValueError(exc.detail) from None
+        phrase = HTTPStatus(exc.status).phrase
+        raise HeadTooLarge(f"{exc.status} {phrase}", exc.detail) from None
 
 
 def _has_header(headers: Iterable[tuple[str, str]], name: str) -> bool:

@@ -207,7 +207,7 @@ class Reader:
         """The next request head, or None if the client closed first."""
         buf = self.buf
         start = 0  # where the search for the empty line resumes
-        scan = _PartialHead(limits)
+        scan = PartialHead(limits)
         recvs = 0
         try:
             while True:
@@ -283,29 +283,33 @@ class Reader:
         return line[:-2]
 
 
-class _PartialHead:
+class PartialHead:
     """Bounds an incomplete head, so that one that never ends stays small.
 
     Each call looks only at the bytes that arrived since the last one, so a
-    head trickled a byte at a time costs linear time, not quadratic.
+    head trickled a byte at a time costs linear time, not quadratic. The
+    head begins at ``start`` in the buffer (after empty lines a client may
+    send between requests).
     """
 
-    __slots__ = ("counted", "limits", "lines")
+    __slots__ = ("counted", "limits", "lines", "start")
 
-    def __init__(self, limits: HeadLimits) -> None:
+    def __init__(self, limits: HeadLimits, start: int = 0) -> None:
         self.limits = limits
-        self.counted = 0  # bytes of the buffer already looked at
+        self.start = start
+        self.counted = start  # bytes of the buffer already looked at
         self.lines = 0  # complete lines seen
 
-    def check(self, buf: bytearray) -> None:
+    def check(self, buf: bytes | bytearray) -> None:
         limits = self.limits
+        start = self.start
         newlines = buf.count(b"\n", self.counted)
-        if newlines != buf.count(b"\r\n", max(self.counted - 1, 0)):
+        if newlines != buf.count(b"\r\n", max(self.counted - 1, start)):
             raise HttpError(400, "bare LF in the request head")
         self.lines += newlines
         self.counted = len(buf)
-        first_line = buf.find(b"\r\n") if self.lines else len(buf)
-        if first_line > limits.max_request_line + 1:
+        first_line = buf.find(b"\r\n", start) if self.lines else len(buf)
+        if first_line - start > limits.max_request_line + 1:
             raise HttpError(414, f"request line over {limits.max_request_line} bytes")
         if self.lines:
             if self.lines - 1 > limits.max_header_count:

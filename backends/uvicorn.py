@@ -17,6 +17,12 @@ What the adapter changes in uvicorn's behaviour, and why:
   uvicorn than on every other backend. The trust list belongs to the runner
   and will be one option for all backends; this backend will then pass it
   as ``forwarded_allow_ips`` with ``proxy_headers=True``.
+- h11, chosen explicitly, parses every request, and the head limits are
+  checked before the app runs (``HeadLimited``, on the scope); h11 bounds a
+  head that never ends (``max_incomplete_event_size``), and one past that
+  bound gets 414 or 431 where uvicorn would say 400. httptools, which
+  uvicorn prefers when installed, buffers the URL and the fields of an
+  endless head without any bound.
 - The ``server`` and ``date`` headers stay. They cost nothing measurable,
   say which backend answered when one talks to a worker's socket directly,
   and nginx drops both from proxied answers by default (proxy_hide_header).
@@ -34,16 +40,19 @@ import math
 import os
 import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from juggler.backends.base import (
     App,
     Backend,
+    HeadLimits,
     Interface,
     ServeContext,
     ServeOptions,
     require,
 )
+from juggler.backends.http11_limits import HeadLimited, HttpError
 from juggler.backends.signals import StopRequest
 from juggler.runner.errors import AppLoadError
 
@@ -73,7 +82,12 @@ class UvicornBackend(Backend):
         require("uvicorn", self.name, self.extra)
 
     def serve(self, sock: socket.socket, app: App, context: ServeContext) -> None:
-        server = _make_server(_config(app, context.options), context)
+        config = _config(app, context.options)
+        # Loaded here rather than by uvicorn, so that the app it built (with
+        # its ASGI 2 adapter where needed) can be put behind the limits.
+        config.load()
+        config.loaded_app = HeadLimited(config.loaded_app, context.options.limits)
+        server = _make_server(config, context)
         try:
             server.run(sockets=[sock])
         except SystemExit as exc:
@@ -101,12 +115,52 @@ def _config(app: App, options: ServeOptions) -> uvicorn.Config:
         timeout_keep_alive=whole_seconds(options.keepalive_timeout),
         timeout_graceful_shutdown=whole_seconds(options.graceful_timeout),
         limit_concurrency=limit,
-        # Known shortcoming: this bound holds for uvicorn's h11 parser only.
-        # When httptools is installed uvicorn prefers it, and the head is then
-        # unbounded here; enforcing it would need a check in front of the
-        # parser (a protocol subclass counting bytes until the blank line).
+        http=_h11_protocol(options.limits),
         h11_max_incomplete_event_size=options.limits.max_head_size,
     )
+
+
+def _h11_protocol(limits: HeadLimits) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, answering a head past h11's bound as it should.
+
+    uvicorn answers 400 to any error h11 raises. When the buffer is over
+    h11's bound and holds no complete head, the head was too long: 414 if
+    the request line has not even ended within its limit, 431 otherwise.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class LimitedH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            error = _overflow(self.conn, limits)
+            if error is None:
+                super().send_400_response(msg)
+                return
+            log.info("rejected: %s from %s pid=%d", error, self.client, os.getpid())
+            reason = HTTPStatus(error.status).phrase
+            headers = [(b"content-length", b"0"), (b"connection", b"close")]
+            response = h11.Response(
+                status_code=error.status, headers=headers, reason=reason
+            )
+            self.transport.write(self.conn.send(response))
+            self.transport.write(self.conn.send(h11.EndOfMessage()))
+            self.transport.close()
+
+    return LimitedH11Protocol
+
+
+def _overflow(conn: Any, limits: HeadLimits) -> HttpError | None:
+    """The refusal for a head past h11's bound, or None for another error.
+
+    Only an error path pays for the copy of the buffer.
+    """
+    buffered, _ = conn.trailing_data
+    if len(buffered) <= limits.max_head_size or b"\r\n\r\n" in buffered:
+        return None
+    line_end = buffered.lstrip(b"\r\n").find(b"\r\n")
+    if line_end < 0 or line_end > limits.max_request_line:
+        return HttpError(414, "request line too long (head past its bound)")
+    return HttpError(431, "request head past its bound")
 
 
 def _connection_limit(concurrency: int | None) -> int | None:

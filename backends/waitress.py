@@ -35,16 +35,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from juggler.backends.base import App, Backend, ServeContext, ServeOptions, require
+from juggler.backends.base import (
+    App,
+    Backend,
+    HeadLimits,
+    ServeContext,
+    ServeOptions,
+    require,
+)
 from juggler.backends.head import head_without_body
 from juggler.backends.signals import StopRequest
+from juggler.backends.waitress_parser import define_parser_class
 
 log = logging.getLogger("juggler.backends.waitress")
 
-# waitress's own bound on a request head. It has no limit per line or per
-# field, only this total, so the head limits map onto it as the largest head
-# they admit, capped here: a head past 256 KiB gets 431 even when each part
-# is in bounds. Limiting each line would mean replacing waitress's parser.
+# waitress's own bound on a request head: it has no limit per line or per
+# field, only this total, set to the largest head the limits admit, capped
+# here: a head past 256 KiB gets 431 even when each part is in bounds. The
+# parts are checked by ``LimitedParser``.
 WAITRESS_MAX_HEAD = 262_144
 # How long the main thread waits for the loop thread to finish a cut; the
 # loop never blocks longer than one poll, so this is only a safety net.
@@ -66,7 +74,7 @@ class WaitressBackend(Backend):
 
     def prepare(self, options: ServeOptions) -> None:
         require("waitress", self.name, self.extra)
-        self._classes = _define_server_classes()
+        self._classes = _define_server_classes(options.limits)
 
     def serve(self, sock: socket.socket, app: App, context: ServeContext) -> None:
         if self._classes is None:
@@ -77,7 +85,7 @@ class WaitressBackend(Backend):
         stop.install()
         app = head_without_body(app)
         server = _make_server(self._classes, sock, app, context.options)
-        loop = _Loop(server, on_crash=stop.trigger)
+        loop = _Loop(server, stop)
         loop.start()
         context.ready()
 
@@ -125,10 +133,12 @@ class _ServerClasses:
     unix: Any
 
 
-def _define_server_classes() -> _ServerClasses:
+def _define_server_classes(limits: HeadLimits) -> _ServerClasses:
     from waitress.channel import HTTPChannel
     from waitress.server import TcpWSGIServer, UnixWSGIServer
     from waitress.task import WSGITask
+
+    limited_parser = define_parser_class(limits)
 
     class DrainAwareTask(WSGITask):  # type: ignore[misc]
         """Closes the connection after this response once the worker drains."""
@@ -149,9 +159,11 @@ def _define_server_classes() -> _ServerClasses:
 
     class TcpChannel(HTTPChannel):  # type: ignore[misc]
         task_class = DrainAwareTask
+        parser_class = limited_parser
 
     class UnixChannel(HTTPChannel):  # type: ignore[misc]
         task_class = UnixTask
+        parser_class = limited_parser
 
     class SharedListener:
         """What differs when the listening socket is shared with siblings."""
@@ -218,11 +230,18 @@ def _make_server(
 
 
 class _Loop:
-    """waitress's socket loop, run in a thread until a drain empties it."""
+    """waitress's socket loop, run in a thread until a drain empties it.
 
-    def __init__(self, server: Any, on_crash: Callable[[], None]) -> None:
+    The main thread waits for it through ``stop`` rather than a thread
+    join: the kernel may hand a signal to any thread, and only a wait on
+    the signal's wake-up pipe is sure to see it (a second SIGINT during the
+    drain must exit at once).
+    """
+
+    def __init__(self, server: Any, stop: StopRequest) -> None:
         self.server = server
-        self._on_crash = on_crash
+        self._stop = stop
+        self._ended = False
         self._cut = False
         self._failure: BaseException | None = None
         self._thread = threading.Thread(
@@ -238,8 +257,7 @@ class _Loop:
 
     def join(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; return whether the loop ended."""
-        self._thread.join(max(0.0, timeout))
-        return not self._thread.is_alive()
+        return self._stop.wait_until(lambda: self._ended, max(0.0, timeout))
 
     @property
     def was_cut(self) -> bool:
@@ -260,7 +278,10 @@ class _Loop:
                     self.close_idle()
         except BaseException as exc:
             self._failure = exc
-            self._on_crash()  # wakes the main thread, which re-raises
+            self._stop.trigger()  # wakes the main thread, which re-raises
+        finally:
+            self._ended = True
+            self._stop.wake()
 
     def _finished(self) -> bool:
         draining = self.server.draining or self._cut

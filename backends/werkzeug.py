@@ -10,10 +10,12 @@ runner says so in a warning at start. What it does not do, and why:
   body: a rewrite of the handler, no longer werkzeug's dev server.
 - No thread limit: each connection gets a thread. ``--threads`` is ignored
   (bounding it would stall the accept loop that ``shutdown()`` waits for).
-- Head limits: the request line (414) and the size of each header field
-  (431) are checked here against ``options.limits``, after ``http.server``
-  has read them with its own bounds (64 KiB a line); the field count limit
-  is ``http.client``'s fixed 100 (431), which is also ours.
+- Head limits: ``options.limits`` are checked on the request line (414),
+  after ``http.server`` has read it with its own bound (64 KiB), and on
+  the header fields, which the handler reads itself (431 for one too long
+  or too many, 400 for a line without a colon).
+- An HTTP/1.0 request is answered in HTTP/1.0, so that a response without
+  Content-Length ends with the connection instead of being chunked.
 
 Theory of operation. ``serve_forever`` runs in a thread; the main thread
 blocks in ``StopRequest.wait()``. On a stop it ends the accept loop, closes
@@ -25,6 +27,7 @@ and waits for the others up to the graceful timeout.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import socket
@@ -36,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from juggler.backends.base import App, Backend, ServeContext, ServeOptions, require
 from juggler.backends.head import head_without_body
+from juggler.backends.http11_limits import HttpError, read_field_lines
 from juggler.backends.signals import StopRequest
 
 if TYPE_CHECKING:
@@ -171,9 +175,15 @@ class Connections:
 
 
 def _define_server_class(options: ServeOptions) -> ServerFactory:
+    from email.parser import Parser
     from http import HTTPStatus
+    from http.client import HTTPMessage
 
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+    limits = options.limits
+    # What http.client.parse_headers does once it has read the lines.
+    header_parser = Parser(_class=HTTPMessage)
 
     class Handler(WSGIRequestHandler):
         """werkzeug's handler with our environ, limits and logging."""
@@ -196,18 +206,43 @@ def _define_server_class(options: ServeOptions) -> ServerFactory:
 
         def parse_request(self) -> bool:
             self.server.connections.started(self.connection)
-            limits = options.limits
             if len(self.raw_requestline.rstrip(b"\r\n")) > limits.max_request_line:
                 self.requestline = self.request_version = self.command = ""
                 self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
                 return False
-            if not super().parse_request():
+            # http.server would read the fields under http.client's bounds
+            # (100 lines, the empty one included) and hand a line without a
+            # colon to the email parser, which takes it for the end of the
+            # head. It parses the request line alone; the fields are ours.
+            rfile, self.rfile = self.rfile, io.BytesIO(b"\r\n")
+            try:
+                if not super().parse_request():
+                    return False
+            finally:
+                self.rfile = rfile
+            try:
+                fields = read_field_lines(rfile, limits)
+            except HttpError as exc:
+                self.send_error(exc.status, None, exc.detail)
                 return False
-            sizes = (len(k) + len(v) + 2 for k, v in self.headers.items())
-            if any(size > limits.max_header_size for size in sizes):
-                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-                return False
-            return True
+            self.headers = header_parser.parsestr(fields.decode("latin-1"))
+            return self._after_fields()
+
+        def _after_fields(self) -> bool:
+            """What http.server does once it has the fields, and HTTP/1.0."""
+            connection = self.headers.get("Connection", "").lower()
+            if connection == "close":
+                self.close_connection = True
+            elif connection == "keep-alive":
+                self.close_connection = False
+            if self.request_version < "HTTP/1.1":
+                # werkzeug chunks a response without Content-Length when it
+                # speaks HTTP/1.1; an HTTP/1.0 client cannot read chunks, so
+                # it is answered in HTTP/1.0: the body ends with the close.
+                self.protocol_version = "HTTP/1.0"
+                return True
+            expect = self.headers.get("Expect", "").lower()
+            return expect != "100-continue" or bool(self.handle_expect_100())
 
         def make_environ(self) -> dict[str, Any]:
             environ = super().make_environ()

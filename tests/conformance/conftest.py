@@ -1,11 +1,13 @@
 """Fixtures of the conformance corpus: one real runner per backend and family.
 
 Every test that takes ``served`` runs once per (backend, family) in
-``TARGETS``. The runner behind it is started once per test module (a
-module-scoped fixture) and shared by that module's tests, which is why a
-test here never stops or kills it; tests that do get their own runner from
-``start_runner``. After each test, ``served`` checks the runner is still
-alive: no request, however bad, may take the worker down.
+``TARGETS``; a backend that speaks both interfaces (hypercorn) is in it
+once per interface, its WSGI side as ``hypercorn-wsgi``. The runner behind
+it is started once per test module (a module-scoped fixture) and shared by
+that module's tests, which is why a test here never stops or kills it;
+tests that do get their own runner from ``start_runner``. After each test,
+``served`` checks the runner is still alive: no request, however bad, may
+take the worker down.
 
 A test names its exchange with ``@pytest.mark.exchange("name")``; a
 ``limits.KNOWN_LIMITS`` entry for that backend and exchange turns it into a
@@ -32,35 +34,55 @@ from juggler.backends import registry
 if str(harness.APPS_DIR) not in sys.path:
     sys.path.append(str(harness.APPS_DIR))
 
-# The backends that speak ASGI get the ASGI twin of the app. This is written
-# out rather than read from each adapter, so that collecting the suite does
-# not depend on every adapter being importable.
+# The backends that speak ASGI get the ASGI twin of the app, and those that
+# speak WSGI too get a second target for it. This is written out rather than
+# read from each adapter, so that collecting the suite does not depend on
+# every adapter being importable.
 ASGI_BACKENDS = frozenset({"uvicorn", "hypercorn"})
+BOTH_INTERFACES = frozenset({"hypercorn"})
 FAMILIES = ("tcp", "unix")
 MODULE_GRACEFUL_TIMEOUT = "5"
 
 
 @dataclass(frozen=True)
 class Target:
-    """One backend on one socket family."""
+    """One backend, serving one interface, on one socket family."""
 
     backend: str
     family: str
+    interface: str = "wsgi"
 
     @property
-    def interface(self) -> str:
-        return "asgi" if self.backend in ASGI_BACKENDS else "wsgi"
+    def name(self) -> str:
+        """The backend, and the interface where the backend has two."""
+        if self.backend in BOTH_INTERFACES and self.interface == "wsgi":
+            return f"{self.backend}-wsgi"
+        return self.backend
 
     @property
     def app(self) -> str:
         return f"conformance_{self.interface}:app"
 
+    @property
+    def args(self) -> tuple[str, ...]:
+        return ("--interface", self.interface)
+
     def __str__(self) -> str:
-        return f"{self.backend}-{self.family}"
+        return f"{self.name}-{self.family}"
 
 
-TARGETS = [Target(name, family) for name in registry.BUILTIN for family in FAMILIES]
-TCP6_TARGETS = [Target(name, "tcp6") for name in registry.BUILTIN]
+def _targets(family: str) -> list[Target]:
+    targets = []
+    for name in registry.BUILTIN:
+        default = "asgi" if name in ASGI_BACKENDS else "wsgi"
+        targets.append(Target(name, family, default))
+        if name in BOTH_INTERFACES:
+            targets.append(Target(name, family, "wsgi"))
+    return targets
+
+
+TARGETS = [target for family in FAMILIES for target in _targets(family)]
+TCP6_TARGETS = _targets("tcp6")
 
 
 class Served:
@@ -110,7 +132,7 @@ def start_runner(
         target.app,
         backend=target.backend,
         family=target.family,
-        extra_args=extra_args,
+        extra_args=(*target.args, *extra_args),
     )
     try:
         runner.start()
@@ -176,6 +198,6 @@ def _known_limit(item: pytest.Item) -> str | None:
         return None
     exchange = marker.args[0]
     return KNOWN_LIMITS.get(
-        (target.backend, exchange, target.family),
-        KNOWN_LIMITS.get((target.backend, exchange)),
+        (target.name, exchange, target.family),
+        KNOWN_LIMITS.get((target.name, exchange)),
     )

@@ -8,18 +8,12 @@ traced to the server itself (the same behaviour with the bare server, or
 the line of its source that causes it); a failure in our own adapter is a
 bug to fix, never an entry here.
 
-Keys: (backend, exchange) or (backend, exchange, family).
+Keys: (backend, exchange) or (backend, exchange, family), where the backend
+is the target's name (``hypercorn-wsgi`` for hypercorn serving WSGI).
 """
 
 from __future__ import annotations
 
-_HTTP_SERVER_PARSER = (
-    "{server} parses the head with the email package (as http.client does), "
-    "which takes a line without a colon for the end of the head: the request "
-    "is served (200) and the header fields after that line are dropped. Seen "
-    "with the bare server too. Fixing it means checking each header line "
-    "before the email parser sees it."
-)
 _WERKZEUG_CLOSES = (
     "werkzeug answers every request with Connection: close, then reads the "
     "connection until the client closes it or the idle timeout ends "
@@ -27,9 +21,22 @@ _WERKZEUG_CLOSES = (
     "so a second request on the connection gets neither an answer nor a close."
 )
 
+_MEINHELD_HEAD = (
+    "meinheld's head limits are fixed in its C parser (meinheld/server/"
+    "request.h: a target up to 8 KiB, 128 fields, a name or value up to "
+    "8 KiB each, 80 KiB in all) and cannot be set, so {what} is served "
+    "(200); past its own limits it answers 400. See backends/meinheld.py."
+)
+
 KNOWN_LIMITS: dict[tuple[str, ...], str] = {
-    ("werkzeug", "malformed_header"): _HTTP_SERVER_PARSER.format(
-        server="http.server (under werkzeug)"
+    ("meinheld", "limit_request_line"): _MEINHELD_HEAD.format(
+        what="a request line over 4094 bytes"
+    ),
+    ("meinheld", "limit_header_count"): _MEINHELD_HEAD.format(
+        what="a head of 101 fields"
+    ),
+    ("meinheld", "limit_header_size"): _MEINHELD_HEAD.format(
+        what="a field of 8191 bytes"
     ),
     ("werkzeug", "malformed_request_line"): (
         "http.server answers a request line without an HTTP/x.y version in "
@@ -47,13 +54,6 @@ KNOWN_LIMITS: dict[tuple[str, ...], str] = {
         "Content-Length (waitress/task.py, build_response_header), so a "
         "streamed response costs a connection."
     ),
-    ("werkzeug", "stream_http10"): (
-        "werkzeug chunks a response without Content-Length whenever its own "
-        "protocol_version is HTTP/1.1, whatever the request's version, so an "
-        "HTTP/1.0 client gets Transfer-Encoding: chunked, which it cannot "
-        "read (werkzeug/serving.py, run_wsgi, write). Fixing it means "
-        "checking request_version in the adapter's handler."
-    ),
 }
 
 # What PATH_INFO a server gives for /environ/a%2Fb. WSGI has only the
@@ -67,4 +67,5 @@ ENCODED_SLASH: dict[str, str] = {
     "werkzeug": "/environ/a/b",
     "uvicorn": "/environ/a/b",
     "hypercorn": "/environ/a/b",
+    "hypercorn-wsgi": "/environ/a/b",
 }

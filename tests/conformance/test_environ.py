@@ -90,9 +90,9 @@ def test_encoded_slash_is_recorded(served: Served) -> None:
         assert environ["RAW_URI"] == "/environ/a%2Fb?x=1"
     # What the server does with %2F is a choice HTTP leaves open; the table
     # records each one's, so that a change of behaviour shows up here.
-    recorded = ENCODED_SLASH.get(served.target.backend)
+    recorded = ENCODED_SLASH.get(served.target.name)
     assert recorded == environ["PATH_INFO"], (
-        f"record ENCODED_SLASH[{served.target.backend!r}] = "
+        f"record ENCODED_SLASH[{served.target.name!r}] = "
         f"{environ['PATH_INFO']!r} in conformance/limits.py"
     )
 
