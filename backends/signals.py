@@ -96,6 +96,17 @@ class StopRequest:
             os.read(self._read_fd, 1)
         return self.signum
 
+    def wait_readable(self, fd: int) -> bool:
+        """Block until ``fd`` can be read (True) or a stop is requested
+        (False, also when both happen)."""
+        while self.signum is None:
+            readable = select.select([fd, self._read_fd], [], [])[0]
+            if self._read_fd in readable:
+                os.read(self._read_fd, 4096)
+            elif fd in readable:
+                return self.signum is None
+        return False
+
     def wake(self) -> None:
         """Wake the thread blocked in ``wait_until``; callable from any thread.
 

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from juggler.backends import registry
+from juggler.backends.signals import StopRequest
 from juggler.runner import parent, serve
 from juggler.runner.errors import EXIT_OK, EXIT_USAGE, BootError, RunnerError
 from juggler.runner.logs import LOG_LEVELS, configure_logging
@@ -162,8 +163,11 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # First of all: a parent that dies from here on is noticed (parent.py).
+    # First of all: a parent that dies from here on is noticed (parent.py),
+    # and a stop signal from here on is recorded, not fatal (serve.run).
     parent_pid = os.getppid()
+    stop = StopRequest()
+    stop.install()
     parser = build_parser()
     args = parser.parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
     if args.command == "backends":
@@ -178,8 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.reload:
             from juggler.runner.reloader import run_with_reloader
 
-            return run_with_reloader(settings, sys.argv[1:] if argv is None else argv)
-        return serve.run(settings)
+            args_given = sys.argv[1:] if argv is None else argv
+            return run_with_reloader(settings, args_given, stop)
+        return serve.run(settings, stop)
     except RunnerError as exc:
         _report(exc)
         return exc.exit_code

@@ -78,16 +78,22 @@ def _python_files(roots: Sequence[str]) -> Iterator[str]:
             yield from (os.path.join(folder, f) for f in files if f.endswith(".py"))
 
 
-def run_with_reloader(settings: Settings, argv: Sequence[str]) -> int:
-    """Hold the socket, run the worker as a child, restart it on changes."""
+def run_with_reloader(
+    settings: Settings, argv: Sequence[str], stop: StopRequest
+) -> int:
+    """Hold the socket, run the worker as a child, restart it on changes.
+
+    ``stop`` is the runner's, installed when ``main`` began; a stop asked
+    before the first child starts means none is started.
+    """
     sock = open_listener(settings)
     sock.set_inheritable(True)
     roots = [os.getcwd(), *settings.python_path]
     command = [sys.executable, "-m", "juggler.runner", *child_argv(argv, sock.fileno())]
     log.info("reloader: watching %s for changes", ", ".join(roots))
 
-    stop = StopRequest()
-    stop.install()
+    if stop.signum is not None:
+        return EXIT_OK
     child = _spawn(command, sock.fileno())
     mtimes = source_mtimes(roots)
     while stop.wait(POLL_INTERVAL) is None:

@@ -9,8 +9,10 @@ picks the backend; the automatic choices (wsgiref, uvicorn) patch nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from juggler.backends import registry
 from juggler.backends.base import App, Backend, Interface, ServeContext, ServeOptions
+from juggler.backends.signals import StopRequest
 from juggler.runner import listen
 from juggler.runner.accesslog import wrap_access_log
 from juggler.runner.app import (
@@ -136,13 +139,47 @@ def _parse_env(item: str) -> tuple[str, str]:
     return key, value
 
 
-def run(settings: Settings) -> int:
-    """Serve until a stop signal; return the exit code."""
+def run(settings: Settings, stop: StopRequest) -> int:
+    """Serve until a stop signal; return the exit code.
+
+    ``stop`` has recorded the stop signals since ``main`` began. One that
+    came before serving ends the runner with exit 0 and no serving; one
+    that comes while the backend takes over the handlers is handed on to
+    the backend's own (``_on_ready``).
+    """
     os.environ.update(dict(settings.env))
     add_python_paths(list(settings.python_path))
     notifier = Notifier.from_environ()
     standby_fd = standby_fd_from_environ()
+    worker = _boot(settings, notifier, stop)
 
+    if standby_fd is not None and not wait_for_promotion(standby_fd, notifier, stop):
+        return EXIT_OK
+    if _stopped_during_boot(stop):
+        return EXIT_OK
+    _run_pre_hook(worker.pre_hook, settings)
+    try:
+        if not _stopped_during_boot(stop):
+            worker.backend.serve(worker.sock, worker.app, worker.context)
+    finally:
+        _run_post_hook(worker.post_hook, settings)
+    log.info("stopped: pid=%d", os.getpid())
+    return EXIT_OK
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """Everything booted and ready to serve."""
+
+    sock: socket.socket
+    backend: Backend
+    app: App
+    context: ServeContext
+    pre_hook: _Hook | None
+    post_hook: _Hook | None
+
+
+def _boot(settings: Settings, notifier: Notifier, stop: StopRequest) -> _Worker:
     sock = open_listener(settings)
     backend = None
     if settings.backend != "auto":
@@ -162,20 +199,24 @@ def run(settings: Settings) -> int:
         app = wrap_access_log(app, interface)
 
     options = _with_interface(settings.options, interface)
+    ready = functools.partial(_on_ready, notifier, settings, backend, sock, stop)
     context = ServeContext(
         options,
-        on_ready=lambda: _on_ready(notifier, settings, backend, sock),
+        on_ready=ready,
         on_draining=lambda: _on_draining(notifier, options),
     )
-    if standby_fd is not None and not wait_for_promotion(standby_fd, notifier):
-        return EXIT_OK
-    _run_pre_hook(pre_hook, settings)
-    try:
-        backend.serve(sock, app, context)
-    finally:
-        _run_post_hook(post_hook, settings)
-    log.info("stopped: pid=%d", os.getpid())
-    return EXIT_OK
+    return _Worker(sock, backend, app, context, pre_hook, post_hook)
+
+
+def _stopped_during_boot(stop: StopRequest) -> bool:
+    if stop.signum is None:
+        return False
+    log.info(
+        "stop requested during boot: signal=%s pid=%d; not serving",
+        signal.Signals(stop.signum).name,
+        os.getpid(),
+    )
+    return True
 
 
 def open_listener(settings: Settings) -> socket.socket:
@@ -238,8 +279,23 @@ def _with_interface(options: ServeOptions, interface: Interface) -> ServeOptions
 
 
 def _on_ready(
-    notifier: Notifier, settings: Settings, backend: Backend, sock: socket.socket
+    notifier: Notifier,
+    settings: Settings,
+    backend: Backend,
+    sock: socket.socket,
+    stop: StopRequest,
 ) -> None:
+    if stop.signum is not None:
+        # The stop came after the last look, while the backend was putting
+        # its own handlers in place (every backend does before it reports
+        # ready): raised again, it reaches those, and the backend drains.
+        log.info(
+            "stop requested during boot: signal=%s pid=%d; passed to the backend",
+            signal.Signals(stop.signum).name,
+            os.getpid(),
+        )
+        signal.raise_signal(stop.signum)
+        return
     log.info(
         "serving: app=%s backend=%s on %s pid=%d",
         settings.app,

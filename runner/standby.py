@@ -8,8 +8,9 @@ pipe in ``JUGGLER_STANDBY_FD``. The runner then sends ``READY=1`` with
 ``STATUS=standby`` and blocks on that pipe before serving: one byte means
 "serve now"; end of file means "not needed", and the runner exits 0.
 
-While it waits, the runner has no signal handlers of its own yet: SIGTERM
-ends it at once, which is what stopping an idle spare should do.
+While it waits, a stop signal (recorded by the runner's boot handlers) ends
+the wait at once, and the runner exits 0 without serving: stopping an idle
+spare costs nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
+from juggler.backends.signals import StopRequest
 from juggler.runner.errors import BootError
 from juggler.runner.notify import Notifier
 
@@ -40,11 +42,14 @@ def standby_fd_from_environ() -> int | None:
     return fd
 
 
-def wait_for_promotion(fd: int, notifier: Notifier) -> bool:
-    """Report standby, then block until told to serve (True) or not (False)."""
+def wait_for_promotion(fd: int, notifier: Notifier, stop: StopRequest) -> bool:
+    """Report standby, then block until told to serve (True), or not to or
+    to stop (False)."""
     notifier.send("READY=1", "STATUS=standby", f"MAINPID={os.getpid()}")
     log.debug("standby: pid=%d waiting to be promoted", os.getpid())
     try:
+        if not stop.wait_readable(fd):
+            return False
         word = os.read(fd, 1)
     finally:
         os.close(fd)
