@@ -13,8 +13,11 @@ From then on the loop only reacts. A child's death arrives through its pidfd
 (see ``process.py``) and its watcher respawns it. Signals are recorded by
 asyncio's handlers into a queue and acted upon here, never inside a handler:
 SIGTERM, SIGINT and SIGQUIT stop the watchers in reverse priority and exit 0;
-SIGHUP re-reads the config and applies only the difference, and an invalid
-new config is rejected whole while the running stack keeps serving.
+SIGHUP re-reads the config and applies only the difference, as one
+transaction (``reload.py``): an invalid new config is rejected whole, and a
+reload that fails on the way (a socket that cannot be bound, new processes
+that are not ready) is rolled back, so the running stack keeps serving as
+it was. ``step`` is one turn of that loop: tests feed it signals.
 
 Nothing in the loop blocks: spawning is a fork+exec, captured output is read
 from non-blocking pipes (``streams.py``), hooks and stats sampling run in
@@ -31,10 +34,10 @@ import os
 import resource
 import shutil
 import signal
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import replace
 
-from juggler.supervisor import endpoint, notify
+from juggler.supervisor import endpoint, notify, reload
 from juggler.supervisor import sockets as sockets_mod
 from juggler.supervisor.commands import Commands
 from juggler.supervisor.config import ArbiterConfig, WatcherConfig, to_uid
@@ -47,6 +50,7 @@ from juggler.supervisor.errors import (
 )
 from juggler.supervisor.events import EventBus
 from juggler.supervisor.launch import spawn_spec_factory
+from juggler.supervisor.reload import by_priority, by_priority_watchers
 from juggler.supervisor.sockets import BoundSocket
 from juggler.supervisor.watcher import RestartFailed, Watcher
 
@@ -68,14 +72,14 @@ class Arbiter:
         self._control_path = ""
         self._token_path = ""
         self._signals: asyncio.Queue[int] = asyncio.Queue()
+        # One change of the watcher set at a time: reload, add, rm, set.
+        self._changing = asyncio.Lock()
 
     # -- the loop ------------------------------------------------------------
 
     async def run(self) -> int:
         """Start everything, react to signals until told to stop, clean up."""
-        loop = asyncio.get_running_loop()
-        for signum in (*STOP_SIGNALS, signal.SIGHUP):
-            loop.add_signal_handler(signum, self._signals.put_nowait, signum)
+        self.install_signal_handlers()
         raise_descriptor_limit()
         self.runtime_dir = notify.make_runtime_dir()
         try:
@@ -93,15 +97,30 @@ class Arbiter:
             await self.shutdown()
         return 0
 
+    def install_signal_handlers(self) -> None:
+        """Have asyncio record our signals in the queue ``step`` reads."""
+        loop = asyncio.get_running_loop()
+        for signum in (*STOP_SIGNALS, signal.SIGHUP):
+            loop.add_signal_handler(signum, self._signals.put_nowait, signum)
+
     async def _react_to_signals(self) -> None:
-        while True:
-            signum = await self._signals.get()
-            name = signal.Signals(signum).name
-            if signum in STOP_SIGNALS:
-                log.info("stopping: received %s", name)
-                return
-            log.info("reloading: received %s", name)
+        while not await self.step():
+            pass
+
+    async def step(self) -> bool:
+        """Act on the next recorded signal; True when it asks to stop."""
+        signum = await self._signals.get()
+        name = signal.Signals(signum).name
+        if signum in STOP_SIGNALS:
+            log.info("stopping: received %s", name)
+            return True
+        log.info("reloading: received %s", name)
+        try:
             await self.reload_config()
+        except Exception:
+            # A bug in a reload must not take the running stack with it.
+            log.exception("reload failed unexpectedly; the stack keeps running")
+        return False
 
     # -- start-up and shutdown -------------------------------------------------
 
@@ -109,20 +128,29 @@ class Arbiter:
         for spec in config.sockets.values():
             self.sockets[spec.name] = sockets_mod.bind(spec)
 
-    def make_watcher(self, config: WatcherConfig) -> Watcher:
+    def make_watcher(
+        self,
+        config: WatcherConfig,
+        sockets: Mapping[str, BoundSocket] | None = None,
+    ) -> Watcher:
+        """A watcher of ``config`` using ``sockets`` (the arbiter's if None)."""
         return Watcher(
             config,
-            spawn_spec_factory(config, self.sockets),
+            spawn_spec_factory(config, self.sockets if sockets is None else sockets),
             self.runtime_dir,
             self.events,
         )
 
     async def start_watchers(self) -> None:
-        for config in by_priority(self.config.watchers.values()):
+        """Highest priority first, [circus] warmup_delay apart."""
+        for index, config in enumerate(by_priority(self.config.watchers.values())):
             watcher = self.make_watcher(config)
             self.watchers[config.name] = watcher
-            if config.autostart:
-                await watcher.start()
+            if not config.autostart:
+                continue
+            if index and self.config.warmup_delay > 0:
+                await asyncio.sleep(self.config.warmup_delay)
+            await watcher.start()
 
     async def start_control(self) -> None:
         """Listen for control commands (see control.py for who may)."""
@@ -180,32 +208,35 @@ class Arbiter:
 
     async def add_watcher(self, config: WatcherConfig, *, start: bool) -> Watcher:
         """Add a watcher at run time (the ``add`` command)."""
-        watcher = self.make_watcher(config)
-        self.watchers[config.name] = watcher
-        self.config = replace(
-            self.config, watchers={**self.config.watchers, config.name: config}
-        )
+        async with self._changing:
+            watcher = self.make_watcher(config)
+            self.watchers[config.name] = watcher
+            self.config = replace(
+                self.config, watchers={**self.config.watchers, config.name: config}
+            )
         if start:
             await watcher.start()
         return watcher
 
     async def remove_watcher(self, name: str) -> None:
         """Stop a watcher and forget it (the ``rm`` command)."""
-        watcher = self.watchers.pop(name)
-        self.config = replace(
-            self.config,
-            watchers={k: v for k, v in self.config.watchers.items() if k != name},
-        )
+        async with self._changing:
+            watcher = self.watchers.pop(name)
+            self.config = replace(
+                self.config,
+                watchers={k: v for k, v in self.config.watchers.items() if k != name},
+            )
         await watcher.stop()
 
     async def reconfigure_watcher(
         self, watcher: Watcher, config: WatcherConfig
     ) -> None:
         """Give a watcher new options (the ``set`` command)."""
-        await watcher.reconfigure(config, spawn_spec_factory(config, self.sockets))
-        self.config = replace(
-            self.config, watchers={**self.config.watchers, config.name: config}
-        )
+        async with self._changing:
+            await watcher.reconfigure(config, spawn_spec_factory(config, self.sockets))
+            self.config = replace(
+                self.config, watchers={**self.config.watchers, config.name: config}
+            )
 
     def request_stop(self) -> None:
         """Stop as on SIGTERM (the ``quit`` command)."""
@@ -238,89 +269,34 @@ class Arbiter:
     async def reload_config(self) -> list[str]:
         """Re-read the config and apply the difference; keep it on errors.
 
-        Returns the errors, if any (the running stack is left as it was for
-        a config error).
+        Returns the errors, if any: then the running stack is as it was.
         """
         from juggler.supervisor.config import load
 
-        try:
-            new = load(self.config.path)
-        except ConfigError as exc:
-            for message in exc.errors:
-                log.error("reload rejected: %s", message)
-            return list(exc.errors)
-        try:
-            await self.apply(new)
-        except (BindError, SpawnError, RestartFailed) as exc:
-            log.error("reload incomplete: %s", exc)
-            return [str(exc)]
+        async with self._changing:
+            try:
+                new = load(self.config.path)
+            except ConfigError as exc:
+                for message in exc.errors:
+                    log.error("reload rejected: %s", message)
+                return list(exc.errors)
+            try:
+                await self.apply(new)
+            except (BindError, SpawnError, RestartFailed) as exc:
+                log.error("reload failed: %s", exc)
+                return [str(exc)]
         self.events.emit("reload", path=new.path)
         return []
 
     async def apply(self, new: ArbiterConfig) -> None:
-        """Move the running stack from ``self.config`` to ``new``."""
-        old = self.config
-        changed_sockets = self._rebind_changed_sockets(old, new)
-
-        for name in old.watchers.keys() - new.watchers.keys():
-            log.info("reload: removing watcher %s", name)
-            await self.watchers.pop(name).stop()
-
-        for config in by_priority(new.watchers.values()):
-            previous = old.watchers.get(config.name)
-            uses_changed = bool(config.sockets & changed_sockets)
-            if previous is not None and previous == config and not uses_changed:
-                continue
-            await self._replace_watcher(config)
-        self.config = new
-
-    def _rebind_changed_sockets(
-        self, old: ArbiterConfig, new: ArbiterConfig
-    ) -> set[str]:
-        changed = {
-            name
-            for name in old.sockets.keys() & new.sockets.keys()
-            if old.sockets[name] != new.sockets[name]
-        }
-        for name in (old.sockets.keys() - new.sockets.keys()) | changed:
-            self.sockets.pop(name).close()
-        for name in (new.sockets.keys() - old.sockets.keys()) | changed:
-            self.sockets[name] = sockets_mod.bind(new.sockets[name])
-        return changed
-
-    async def _replace_watcher(self, config: WatcherConfig) -> None:
-        """Start the new version of a watcher, then stop the old one."""
-        previous = self.watchers.get(config.name)
-        action = "adding" if previous is None else "replacing"
-        log.info("reload: %s watcher %s", action, config.name)
-        watcher = self.make_watcher(config)
-        if config.autostart:
-            await watcher.start()
-            if previous is not None and not all_ready(watcher):
-                await watcher.stop()
-                raise RestartFailed(
-                    f"{config.name}: new processes did not become ready; "
-                    "the old ones keep serving"
-                )
-        self.watchers[config.name] = watcher
-        if previous is not None:
-            await previous.stop()
-
-
-def all_ready(watcher: Watcher) -> bool:
-    serving = [p for p in watcher.processes.values() if p.alive]
-    return len(serving) >= watcher.numprocesses and all(
-        p.ready_at is not None for p in serving
-    )
-
-
-def by_priority(configs: Iterable[WatcherConfig]) -> list[WatcherConfig]:
-    """Highest priority first, then by name, as Circus orders them."""
-    return sorted(configs, key=lambda c: (-c.priority, c.name))
-
-
-def by_priority_watchers(watchers: Iterable[Watcher]) -> list[Watcher]:
-    return sorted(watchers, key=lambda w: (-w.config.priority, w.name))
+        """Move the running stack from ``self.config`` to ``new``, all or
+        nothing (see reload.py); the caller holds ``_changing``."""
+        for key in reload.unreloaded_changes(self.config, new):
+            log.warning(
+                "reload: [circus] %s changed; it takes effect at the next start", key
+            )
+        steps = reload.plan(self.config, new)
+        await reload.Transaction(self, new, steps).run()
 
 
 def raise_descriptor_limit() -> None:

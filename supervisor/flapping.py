@@ -1,4 +1,15 @@
-"""The flapping policy: stop respawning a watcher whose processes keep dying
+"""How a watcher paces its respawns (``Backoff``) and when it stops them
+(``FlappingDetector``).
+
+Back-off: a process that lived less than ``FAST_DEATH_SECONDS`` died
+*fast*. After two fast deaths in a row the next respawn waits
+``BACKOFF_FIRST`` seconds, doubling with each one up to ``BACKOFF_MAX``.
+The streak ends when a process dies after living longer, or is still alive
+``FAST_DEATH_SECONDS`` after its start. Being ready is not enough: with
+``ready = none`` a process is ready the moment it starts, and a command
+that exits at once would otherwise be respawned in a tight loop.
+
+The flapping policy stops respawning a watcher whose processes keep dying
 young.
 
 Circus shipped this as a plugin with four settings, which juggler keeps
@@ -28,6 +39,38 @@ juggler applies it to every watcher unless ``check_flapping = false`` or
 from __future__ import annotations
 
 from juggler.supervisor.config_model import FlappingConfig
+
+FAST_DEATH_SECONDS = 1.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+
+
+def backoff_delay(streak: int) -> float:
+    """The wait before attempt ``streak + 1`` of a run of failures."""
+    if streak < 1:
+        return 0.0
+    return float(min(BACKOFF_FIRST * 2 ** (streak - 1), BACKOFF_MAX))
+
+
+class Backoff:
+    """Counts one watcher's fast deaths in a row."""
+
+    def __init__(self) -> None:
+        self.fast_deaths = 0
+
+    def record_death(self, lifetime: float) -> float:
+        """Count an unexpected death; return how long to wait to respawn."""
+        fast = lifetime < FAST_DEATH_SECONDS
+        self.fast_deaths = self.fast_deaths + 1 if fast else 0
+        return backoff_delay(self.fast_deaths - 1)
+
+    @staticmethod
+    def survival_wait(age: float) -> float:
+        """How long after now a process of ``age`` seconds has survived."""
+        return max(0.0, FAST_DEATH_SECONDS - age)
+
+    def record_survivor(self) -> None:
+        """A process lived past FAST_DEATH_SECONDS: the streak is over."""
+        self.fast_deaths = 0
 
 
 class FlappingDetector:

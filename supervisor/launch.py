@@ -2,10 +2,15 @@
 
 Everything that does not depend on the process is resolved once, when the
 watcher is made: user and group names to ids, rlimit names to resources,
-the descriptors of the sockets it inherits, its hooks (``hooks.py``) and
-its output streams (``streams.py``). ``spawn_spec_factory`` returns the
-``Launcher`` that renders the per-process part -- ``$(circus.wid)`` and
+the sockets it inherits, its hooks (``hooks.py``) and its output streams
+(``streams.py``). ``spawn_spec_factory`` returns the ``Launcher`` that
+renders the per-process part -- ``$(circus.wid)`` and
 ``$(circus.sockets.NAME)`` in cmd, args and env -- for each wid.
+
+A watcher keeps the very socket objects it was made with, and their
+descriptor numbers are read at each spawn: a reload that binds a socket
+anew makes a new watcher for it, and a socket closed under a watcher fails
+the spawn with its name instead of passing whatever now holds that number.
 
 A hook that cannot be imported or a stream file that cannot be opened does
 not fail the arbiter: it is logged as one line naming the watcher, and that
@@ -69,12 +74,14 @@ def spawn_spec_factory(
     config: WatcherConfig, sockets: Mapping[str, BoundSocket]
 ) -> Launcher:
     """The launcher that gives the ``SpawnSpec`` of process ``wid``."""
-    socket_fds = {name: sockets[name].fd for name in config.sockets}
+    used = {name: sockets[name] for name in config.sockets}
     uid, gid = resolve_user(config)
     rlimits = resolve_rlimits(config)
     hooks, streams = _attachments(config, sockets)
 
     def spec_for(wid: int) -> SpawnSpec:
+        socket_fds = descriptors(config.name, used)
+
         def fill(template: str) -> str:
             return render(template, wid=wid, socket_fds=socket_fds)
 
@@ -95,6 +102,14 @@ def spawn_spec_factory(
         )
 
     return Launcher(spec_for, hooks, streams)
+
+
+def descriptors(watcher: str, sockets: Mapping[str, BoundSocket]) -> dict[str, int]:
+    """The sockets' descriptor numbers now; ``SpawnError`` if one is closed."""
+    closed = sorted(name for name, bound in sockets.items() if bound.closed)
+    if closed:
+        raise SpawnError(f"{watcher}: socket {', '.join(closed)} is closed")
+    return {name: bound.fd for name, bound in sockets.items()}
 
 
 def _attachments(

@@ -80,14 +80,22 @@ class ReadyWatcher(WatcherBase):
             " (spare, waiting)" if process.spare else "",
         )
         self._events.emit("ready", watcher=self.name, wid=process.wid, pid=process.pid)
-        self._fast_deaths = 0
-        # The streak of young deaths ends once a ready process outlives window.
+        # The streak of fast deaths ends once a process outlives
+        # FAST_DEATH_SECONDS, of young deaths once a ready one outlives window.
+        self._background.later(
+            self._backoff.survival_wait(process.age()),
+            lambda: self._end_fast_streak(process),
+        )
         self._background.later(
             self.config.flapping.window,
             lambda: self._end_young_streak(process),
         )
         if not process.spare:  # a spare's age counts from its promotion
             self._schedule_recycling(process)
+
+    def _end_fast_streak(self, process: Process) -> None:
+        if process.alive:
+            self._backoff.record_survivor()
 
     def _end_young_streak(self, process: Process) -> None:
         if process.alive:

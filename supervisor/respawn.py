@@ -3,7 +3,7 @@
 While a watcher runs it keeps ``numprocesses`` processes (``_fill``): a
 process that dies unexpectedly is respawned at once -- a ready spare takes
 its place if there is one -- and consecutive fast deaths back off, up to
-``BACKOFF_MAX`` between spawns. The flapping policy (flapping.py) stops a
+``BACKOFF_MAX`` between spawns (flapping.py). The flapping policy (flapping.py) stops a
 watcher whose processes keep dying young, retries after ``retry_in`` and
 gives up after ``max_retry``. A stop the operator asked for never counts.
 
@@ -19,6 +19,7 @@ import os
 import signal
 
 from juggler.supervisor.errors import SpawnError
+from juggler.supervisor.flapping import backoff_delay
 from juggler.supervisor.hooks import HookVeto
 from juggler.supervisor.process import Process, exit_description
 from juggler.supervisor.spares import SpareWatcher
@@ -28,9 +29,6 @@ log = logging.getLogger("juggler.supervisor")
 
 # Exit codes of the runner that mean "respawning now would fail again".
 HOPELESS_EXIT_CODES = {3: "cannot boot", 4: "app failed to load"}
-# A process that lived less than this died "fast"; fast deaths back off.
-FAST_DEATH_SECONDS = 1.0
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 
 
 class RespawningWatcher(SpareWatcher):
@@ -94,15 +92,13 @@ class RespawningWatcher(SpareWatcher):
             policy = self.config.flapping
             self._enter_flapping(f"{policy.attempts} processes died young in a row")
             return
-        fast = process.age() < FAST_DEATH_SECONDS
-        self._fast_deaths = self._fast_deaths + 1 if fast else 0
-        delay = self._backoff_delay()
+        delay = self._backoff.record_death(process.age())
         if delay:
             log.info(
                 "respawn: %s in %.1fs after %d fast deaths",
                 self.name,
                 delay,
-                self._fast_deaths,
+                self._backoff.fast_deaths,
             )
             self._background.later(delay, self._reconcile)
         else:
@@ -116,11 +112,6 @@ class RespawningWatcher(SpareWatcher):
         guessed = self.config.ready != "notify"
         return guessed and process.age() < self.config.flapping.window
 
-    def _backoff_delay(self) -> float:
-        if self._fast_deaths < 2:
-            return 0.0
-        return float(min(BACKOFF_FIRST * 2 ** (self._fast_deaths - 2), BACKOFF_MAX))
-
     def _on_spawn_failed(self, wid: int, exc: SpawnError) -> None:
         """Retry with back-off; give up after ``max_retry`` failures in a row."""
         self._spawn_failures += 1
@@ -130,7 +121,7 @@ class RespawningWatcher(SpareWatcher):
             log.error("spawn failed: %s; gave up after max_retry=%d", exc, limit)
             self._background.run(self.stop())
             return
-        delay = min(BACKOFF_FIRST * 2 ** (self._spawn_failures - 1), BACKOFF_MAX)
+        delay = backoff_delay(self._spawn_failures)
         log.error("spawn failed: %s; retrying in %.1fs", exc, delay)
         self._background.later(delay, self._reconcile)
 

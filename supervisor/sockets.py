@@ -12,6 +12,15 @@ the process umask is narrowed around ``bind()`` (the arbiter is a single
 thread, so nothing else creates files meanwhile). Circus parsed the socket
 ``umask`` as a decimal number, which left sockets world-writable; ours is
 octal, always.
+
+A listening socket is non-blocking unless ``blocking = true``, as Circus
+made it. The flag belongs to the open socket, which the arbiter and every
+worker share: a worker that changes it changes it for its siblings too.
+
+On a reload, a socket whose new config differs only in what a bound socket
+can change (backlog, umask, blocking, replace) keeps its descriptor and is
+changed in place (``adjust``); any other change binds a new socket first
+and the old one is closed only once no worker uses it (``reload.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import os
 import socket
 import stat
 from collections.abc import Iterator
+from dataclasses import replace
 
 from juggler.supervisor.config_model import SocketConfig
 from juggler.supervisor.errors import BindError
@@ -36,8 +46,11 @@ class BoundSocket:
     def __init__(self, spec: SocketConfig, sock: socket.socket) -> None:
         self.spec = spec
         self.sock = sock
-        # Only unlink a path on close if this process created it.
+        # Only unlink a path on close if this process created it, and only
+        # while the file there is still the one it created (a newer socket
+        # may have been bound at the same path since).
         self.owns_path = spec.path is not None and spec.fd is None
+        self._inode = _inode(spec.path) if self.owns_path else None
 
     @property
     def name(self) -> str:
@@ -45,7 +58,12 @@ class BoundSocket:
 
     @property
     def fd(self) -> int:
+        """The descriptor; -1 once closed."""
         return self.sock.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() == -1
 
     def location(self) -> str:
         if self.sock.family == socket.AF_UNIX:
@@ -55,9 +73,48 @@ class BoundSocket:
 
     def close(self) -> None:
         self.sock.close()
-        if self.owns_path and self.spec.path is not None:
+        path = self.spec.path
+        if self.owns_path and path is not None and _inode(path) == self._inode:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spec.path)
+                os.unlink(path)
+
+
+# What a bound socket can change without being bound again.
+ADJUSTABLE = ("backlog", "umask", "blocking", "replace")
+
+
+def adjustable(old: SocketConfig, new: SocketConfig) -> bool:
+    """Whether ``new`` differs from ``old`` only in ``ADJUSTABLE`` options
+    (and the name: a renamed socket keeps its descriptor)."""
+    kept = {key: getattr(old, key) for key in ADJUSTABLE}
+    return replace(new, name=old.name, **kept) == old
+
+
+def adjust(bound: BoundSocket, spec: SocketConfig) -> None:
+    """Give a bound socket ``spec``'s backlog, mode and blocking flag.
+
+    ``adjustable(bound.spec, spec)`` must hold. Calling ``listen()`` again
+    on a listening socket sets its new backlog; connections already queued
+    stay queued.
+    """
+    old = bound.spec
+    try:
+        bound.sock.listen(spec.backlog)
+        bound.sock.setblocking(spec.blocking)
+        if bound.owns_path and spec.path is not None and spec.umask != old.umask:
+            os.chmod(spec.path, 0o777 & ~spec.umask)
+    except OSError as exc:
+        raise BindError(
+            f"socket {spec.name}: cannot change {bound.location()}: {exc.strerror}"
+        ) from None
+    bound.spec = spec
+    log.info(
+        "adjusted: socket %s on %s fd=%d backlog=%d",
+        spec.name,
+        bound.location(),
+        bound.fd,
+        spec.backlog,
+    )
 
 
 def bind(spec: SocketConfig) -> BoundSocket:
@@ -69,6 +126,8 @@ def bind(spec: SocketConfig) -> BoundSocket:
     else:
         sock = _bind_inet(spec)
     sock.set_inheritable(False)
+    if spec.fd is None:  # an adopted socket keeps the mode its owner chose
+        sock.setblocking(spec.blocking)
     bound = BoundSocket(spec, sock)
     log.info("bound: socket %s on %s fd=%d", spec.name, bound.location(), bound.fd)
     return bound
@@ -161,6 +220,16 @@ def _clear_path(spec: SocketConfig) -> None:
             "(set replace = true to take it over)"
         )
     os.unlink(spec.path)
+
+
+def _inode(path: str | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _is_live(path: str) -> bool:

@@ -29,7 +29,7 @@ from juggler.supervisor.background import Background
 from juggler.supervisor.config_model import WatcherConfig
 from juggler.supervisor.errors import SpawnError
 from juggler.supervisor.events import EventBus
-from juggler.supervisor.flapping import FlappingDetector
+from juggler.supervisor.flapping import Backoff, FlappingDetector
 from juggler.supervisor.hooks import HookVeto
 from juggler.supervisor.launch import Launcher, launcher_of
 from juggler.supervisor.process import Process, SpawnSpec
@@ -76,7 +76,7 @@ class WatcherBase(abc.ABC):
         self._runtime_dir = runtime_dir
         self._events = events
         self._flapping = FlappingDetector(config.flapping)
-        self._fast_deaths = 0
+        self._backoff = Backoff()
         self._spawn_failures = 0
         self._lock = asyncio.Lock()
         self._background = Background(config.name)

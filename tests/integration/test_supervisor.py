@@ -162,11 +162,22 @@ def test_sighup_applies_a_changed_config_and_rejects_a_broken_one(supervisor):
     sup.wait_log("ready: web[", count=2)
     before = set(serving_pids(sup))
 
+    # numprocesses alone: resized in place, the running processes stay.
     sup.write_config(web_config(3))
+    sup.signal(signal.SIGHUP)
+    sup.wait_log("reload: resizing watcher web numprocesses 2 -> 3")
+    wait_for(lambda: len(serving_pids(sup)) == 3)
+    assert before <= set(serving_pids(sup))
+
+    # Any other change: a new copy of the watcher replaces every process.
+    resized = set(serving_pids(sup))
+    sup.write_config(
+        web_config(3).replace("graceful_timeout = 5", "graceful_timeout = 4")
+    )
     sup.signal(signal.SIGHUP)
     sup.wait_log("reload: replacing watcher web")
     wait_for(
-        lambda: len(serving_pids(sup)) == 3 and not before & set(serving_pids(sup))
+        lambda: len(serving_pids(sup)) == 3 and not resized & set(serving_pids(sup))
     )
     assert http_get(f"{sup.tmp}/web.sock")[0] == 200
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -266,3 +267,26 @@ def test_a_watcher_whose_processes_never_get_ready_flaps_not_runs_empty(
     )
     assert "flapping: late 2 processes died young in a row" in sup.log()
     assert sup.serving("late") == []
+
+
+def test_a_command_that_exits_at_once_backs_off_even_when_ready_at_once(
+    supervisor,
+):
+    # ready = none makes every process ready the moment it starts; being
+    # ready must not end the streak of fast deaths, living must.
+    sup = supervisor(
+        """
+[watcher:fail]
+cmd = /bin/false
+numprocesses = 3
+ready = none
+check_flapping = false
+"""
+    )
+    log = sup.wait_log("respawn: fail in 5.0s after", timeout=30)
+    spawns = log.count("spawned: fail[")
+    delays = [float(d) for d in re.findall(r"respawn: fail in ([\d.]+)s", log)]
+    print(f"{spawns} spawns before the back-off reached 5 s")
+    assert delays == sorted(delays) and delays[0] == 0.1
+    # Without back-off, /bin/false is respawned hundreds of times a second.
+    assert spawns < 40
