@@ -193,7 +193,9 @@ class Commands:
 
     async def get(self, args: dict[str, Any]) -> Any:
         options = json_object(self._watcher(args).config)
-        keys = args.get("keys") or []
+        keys = args.get("keys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise CommandError("get needs a list of option names (keys)")
         unknown = [key for key in keys if key not in options]
         if unknown:
             raise CommandError(f"unknown option(s): {', '.join(unknown)}")

@@ -18,6 +18,11 @@ log = logging.getLogger("juggler.supervisor")
 Event = dict[str, Any]
 Subscriber = Callable[[Event], None]
 
+# Every topic published, as docs/protocol.md describes them for clients.
+TOPICS = frozenset(
+    {"spawn", "spawn_failed", "ready", "promote", "exit", "state", "flapping", "reload"}
+)
+
 
 class EventBus:
     """Fan-out of events to subscribers, in the order they happened."""
@@ -31,6 +36,7 @@ class EventBus:
         return lambda: self._subscribers.remove(subscriber)
 
     def emit(self, topic: str, **data: Any) -> None:
+        assert topic in TOPICS, f"undocumented event topic {topic!r}"
         event: Event = {"topic": topic, "time": time.time(), **data}
         for subscriber in list(self._subscribers):
             try:
