@@ -9,13 +9,16 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# One environment for the demo, the tests and the benchmark: every backend,
+# the dev tools, and the bench extra (the peers the benchmark measures, whose
+# harness the tests drive too).
 # meinheld 1.0.2 pins greenlet<0.5, which does not build on Python 3.11+;
 # juggler[meinheld] brings a modern greenlet and meinheld itself is then
 # installed without its stale pin (see the README, "meinheld").
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[all,dev]'
+	$(BIN)/pip install --quiet -e '.[all,dev,bench]'
 	$(BIN)/pip install --quiet --no-deps 'meinheld==1.0.2'
 	touch $@
 
@@ -45,12 +48,10 @@ typecheck: setup
 pytest: setup
 	$(BIN)/pytest
 
-# The peers the benchmark measures (gunicorn, circus, ...) are the bench
-# extra, installed only here: the tests do not need them. The quick profile
-# includes one brief pass of the micro-benchmarks; `make microbench` runs
-# them alone, timed at pytest-benchmark's defaults, with its own table.
+# The quick profile includes one brief pass of the micro-benchmarks;
+# `make microbench` runs them alone, timed at pytest-benchmark's defaults,
+# with its own table.
 bench: setup sysdeps
-	$(BIN)/pip install --quiet -e '.[all,dev,bench]'
 	$(BIN)/python -m bench --quick
 
 microbench: setup

@@ -25,7 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import management, reload, report, runs, summary, system, wrk
+from bench import (
+    estimate,
+    management,
+    reload,
+    report,
+    runs,
+    summary,
+    system,
+    wrk,
+)
 from bench.micro import run as micro_run
 from bench.profiles import PROFILES
 from bench.stacks import REFERENCE_ONLY
@@ -35,6 +44,8 @@ log = logging.getLogger("bench")
 EXIT_FAILED = 1
 EXIT_MISSING_TOOL = 2
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports"
+# The parts of a run, in the order they run; --skip leaves any of them out.
+PARTS = ("throughput", "restart", "reload", "spawn", "micro")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="report folder")
     parser.add_argument("--rounds", type=int, help="override the profile's rounds")
     parser.add_argument("--duration", type=float, help="seconds per wrk run")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        choices=PARTS,
+        default=[],
+        help="leave out a part of the run (repeatable); its rows are absent "
+        "from the report, which says so",
+    )
     parser.set_defaults(profile="quick")
     return parser
 
@@ -96,23 +115,31 @@ def main(argv: list[str] | None = None) -> int:
         profile = dataclasses.replace(profile, duration=args.duration)
     # SIGTERM unwinds like Ctrl-C, so that every started process is stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    result = measure(profile, tools)
+    skipped = frozenset(args.skip)
+    log.info("%s", estimate.estimate(profile, skipped).describe(profile))
+    result = measure(profile, tools, skipped)
     text = write_reports(result, args.out)
     print(text)
     return EXIT_FAILED if failures(result) else 0
 
 
-def measure(profile: Any, tools: runs.Tools) -> dict[str, Any]:
+def measure(
+    profile: Any, tools: runs.Tools, skipped: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     started = time.monotonic()
     meta = system.describe(tools.nginx, tools.wrk)
-    throughput = runs.run_rounds(profile, tools)
-    process = management.run_all(profile, tools)
-    process += reload.run_all(profile, tools)
-    micro = _micro(profile)
+    predicted = estimate.estimate(profile, skipped).seconds
+    throughput = [] if "throughput" in skipped else runs.run_rounds(profile, tools)
+    process = [] if "restart" in skipped else management.run_restarts(profile, tools)
+    process += [] if "reload" in skipped else reload.run_all(profile, tools)
+    process += [] if "spawn" in skipped else management.run_spawn_idle(profile)
+    micro = {} if "micro" in skipped else _micro(profile)
     meta["load_average_end"] = list(os.getloadavg())
     return {
         "meta": meta,
         "profile": profile.to_json(),
+        "skipped": sorted(skipped),
+        "estimated_seconds": predicted,
         "throughput": throughput,
         "process": process,
         "micro": micro,

@@ -38,7 +38,7 @@ from bench.children import wait_until
 from bench.nginx import Nginx, NginxError
 from bench.profiles import Profile
 from bench.runs import SupervisorUsage, Tools
-from bench.stacks import Context, Stack, StackError
+from bench.stacks import REFERENCE_ONLY, Context, Stack, StackError
 
 log = logging.getLogger("bench")
 
@@ -82,12 +82,27 @@ class LightLoad:
         conn.close()
 
 
-def run_all(profile: Profile, tools: Tools) -> list[Row]:
+def restart_plan(profile: Profile) -> list[tuple[str, str]]:
+    """(supervisor, backend) of every restart row."""
+    circus = profile.reference_restart_backends
+    return [
+        (config, backend)
+        for backend in profile.process_backends
+        for config in SUPERVISORS
+        if config not in REFERENCE_ONLY or circus is None or backend in circus
+    ]
+
+
+def run_restarts(profile: Profile, tools: Tools) -> list[Row]:
     rows = []
-    for backend in profile.process_backends:
-        for config in SUPERVISORS:
-            log.info("restart: %s with %s", config, backend)
-            rows.append(measure_restart(config, backend, profile, tools))
+    for config, backend in restart_plan(profile):
+        log.info("restart: %s with %s", config, backend)
+        rows.append(measure_restart(config, backend, profile, tools))
+    return rows
+
+
+def run_spawn_idle(profile: Profile) -> list[Row]:
+    rows = []
     for count in profile.idle_counts:
         for config in SUPERVISORS:
             log.info("spawn and idle: %s with %d processes", config, count)
@@ -178,7 +193,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 def measure_spawn_idle(config: str, count: int, profile: Profile) -> Row:
     row: Row = {"measure": "spawn_idle", "config": config, "processes": count}
-    refusal = _too_big(config, count)
+    refusal = too_big(config, count)
     if refusal:
         return {**row, "error": refusal, "refused": True, "spawn_s": None}
     tmp = tempfile.mkdtemp(prefix="juggler-bench-")
@@ -201,7 +216,8 @@ def measure_spawn_idle(config: str, count: int, profile: Profile) -> Row:
     return row
 
 
-def _too_big(config: str, count: int) -> str | None:
+def too_big(config: str, count: int) -> str | None:
+    """Why ``count`` processes of ``config`` are not run, if they are not."""
     if config != "gunicorn":
         return None
     need = count * GUNICORN_WORKER_MIB * 2**20

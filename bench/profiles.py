@@ -37,10 +37,23 @@ class Profile:
     kills: int
     idle_counts: tuple[int, ...]
     idle_window: float
+    # Configurations measured on TCP too (the ceiling never reaches the
+    # upstream, so its TCP row would repeat the UNIX one).
+    tcp_configs: tuple[str, ...] = ("ceiling", "limit", "juggler", "gunicorn", "circus")
+    # Backends measured on TCP too (None: all of ``backends``).
+    tcp_backends: tuple[str, ...] | None = None
+    # Workloads of the circus + chaussette reference rows (None: all).
+    reference_workloads: tuple[str, ...] | None = None
+    # The warm-up before each later workload of a started configuration
+    # (None: ``warmup``); the first workload of a cell always gets ``warmup``.
+    warmup_next: float | None = None
     # Backends of the restart rows. wsgiref pairs with gunicorn's gthread
     # and chaussette's wsgiref; meinheld (full only) shows that gunicorn's
     # meinheld worker takes its master down when a worker is SIGKILLed.
     process_backends: tuple[str, ...] = ("wsgiref",)
+    # Backends of circus's restart rows (None: ``process_backends``): its
+    # figure is its 5 s poll whatever the backend, at 5 s a kill.
+    reference_restart_backends: tuple[str, ...] | None = None
     # Rolling reloads under load: how many, spread evenly in one wrk run of
     # reload_duration seconds, per supervisor and backend.
     reloads: int = 1
@@ -76,10 +89,15 @@ FULL = Profile(
     backends=ALL_BACKENDS,
     workloads=ALL_WORKLOADS,
     tcp_workloads=("hello",),
+    tcp_backends=("wsgiref", "meinheld"),
+    tcp_configs=("limit", "juggler", "gunicorn"),
+    reference_workloads=("hello",),
+    warmup_next=1,
     kills=20,
     idle_counts=(1, 100, 1000),
     idle_window=10,
     process_backends=("wsgiref", "meinheld"),
+    reference_restart_backends=("wsgiref",),
     reloads=3,
     reload_duration=20,
     reload_backends=("wsgiref", "meinheld"),

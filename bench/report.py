@@ -215,7 +215,7 @@ def render(result: Result, charts: list[str] | None = None) -> str:
         sections.append(("Charts", "\n".join(f"![{c}]({c})" for c in charts)))
     parts = [
         f"# juggler benchmark, {meta['date']} on {meta['host']}",
-        _preamble(meta, profile, result.get("wall_seconds")),
+        _preamble(meta, profile, result),
     ]
     for title, body in sections:
         parts += [f"## {title}", body]
@@ -232,7 +232,12 @@ def _falls(found: list[str]) -> str:
     )
 
 
-def _preamble(meta: dict[str, Any], profile: dict[str, Any], wall: Any) -> str:
+def _preamble(
+    meta: dict[str, Any], profile: dict[str, Any], result: dict[str, Any]
+) -> str:
+    wall, predicted = result.get("wall_seconds"), result.get("estimated_seconds")
+    skipped = result.get("skipped") or []
+    left_out = f" Left out of this run: {', '.join(skipped)}." if skipped else ""
     packages = ", ".join(f"{k} {v}" for k, v in meta["packages"].items())
     titles = "; ".join(f"{w}: {WORKLOAD_TITLES[w]}" for w in profile["workloads"])
     return "\n".join(
@@ -240,7 +245,8 @@ def _preamble(meta: dict[str, Any], profile: dict[str, Any], wall: Any) -> str:
             f"Profile `{profile['name']}`: {profile['rounds']} round(s) of "
             f"{profile['duration']:g} s runs after a {profile['warmup']:g} s warm-up, "
             "`wrk -t2 -c64 --latency`, workers = cores. Wall time "
-            f"{fmt(wall, 0, ' s')}.",
+            f"{fmt(wall, 0, ' s')} (estimated {fmt(predicted, 0, ' s')})."
+            f"{left_out}",
             "",
             f"Machine: {meta['cores']} cores ({meta['cpu']}), kernel {meta['kernel']}, "
             f"load average at start {meta['load_average_start'][0]:.2f}, at end "

@@ -23,7 +23,7 @@ import psutil
 from bench import wrk
 from bench.nginx import Nginx, NginxError, free_port
 from bench.profiles import WORKLOAD_PATHS, Profile
-from bench.stacks import CONFIGS, Context, Stack, StackError
+from bench.stacks import CONFIGS, REFERENCE_ONLY, Context, Stack, StackError
 
 log = logging.getLogger("bench")
 
@@ -53,15 +53,36 @@ class Tools:
 
 
 def plan(profile: Profile) -> list[Cell]:
-    """Every cell of one round. The ceiling answers the 13-byte hello only."""
+    """Every cell of one round. The ceiling answers the 13-byte hello only;
+    the reference rows serve ``reference_workloads`` when the profile says."""
     cells = []
     for transport, workloads in _transports(profile):
-        if "hello" in workloads:
+        configs: tuple[str, ...] = CONFIGS
+        backends = profile.backends
+        if transport == "tcp":
+            configs = profile.tcp_configs
+            backends = _kept(profile.backends, profile.tcp_backends)
+        if "hello" in workloads and "ceiling" in configs:
             cells.append(Cell("ceiling", "-", transport, ("hello",)))
-        for backend in profile.backends:
-            for config in CONFIGS[1:]:
-                cells.append(Cell(config, backend, transport, workloads))
+        for backend in backends:
+            for config in configs:
+                chosen = _workloads_of(config, workloads, profile)
+                if config != "ceiling" and chosen:
+                    cells.append(Cell(config, backend, transport, chosen))
     return cells
+
+
+def _workloads_of(
+    config: str, workloads: tuple[str, ...], profile: Profile
+) -> tuple[str, ...]:
+    if config not in REFERENCE_ONLY:
+        return workloads
+    return _kept(workloads, profile.reference_workloads)
+
+
+def _kept(items: tuple[str, ...], only: tuple[str, ...] | None) -> tuple[str, ...]:
+    """``items`` in their order, those in ``only`` (all when it is None)."""
+    return items if only is None else tuple(i for i in items if i in only)
 
 
 def _transports(profile: Profile) -> list[tuple[str, tuple[str, ...]]]:
@@ -98,8 +119,16 @@ def run_cell(cell: Cell, profile: Profile, tools: Tools) -> list[Row]:
         nginx = Nginx(tools.nginx, tmp, upstream)
         nginx.start()
         return [
-            _measure(cell, w, stack=stack, nginx=nginx, profile=profile, tools=tools)
-            for w in cell.workloads
+            _measure(
+                cell,
+                workload,
+                stack=stack,
+                nginx=nginx,
+                profile=profile,
+                tools=tools,
+                warmup=profile.warmup if i == 0 else warmup_next(profile),
+            )
+            for i, workload in enumerate(cell.workloads)
         ]
     except (StackError, NginxError, OSError) as exc:
         log.warning("%s failed: %s", cell.label, exc)
@@ -109,6 +138,11 @@ def run_cell(cell: Cell, profile: Profile, tools: Tools) -> list[Row]:
             nginx.stop()
         stack.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def warmup_next(profile: Profile) -> float:
+    """The warm-up before a cell's later workloads."""
+    return profile.warmup if profile.warmup_next is None else profile.warmup_next
 
 
 def _upstream(cell: Cell, tmp: str) -> str:
@@ -125,13 +159,14 @@ def _measure(
     nginx: Nginx,
     profile: Profile,
     tools: Tools,
+    warmup: float,
 ) -> Row:
     url = f"http://127.0.0.1:{nginx.port}{WORKLOAD_PATHS[workload]}"
     script = wrk.write_post_script(stack.ctx.tmp) if workload == "post" else None
-    warmup = wrk.command(url, profile.warmup, script, tools.wrk)
+    warming = wrk.command(url, warmup, script, tools.wrk)
     measured = wrk.command(url, profile.duration, script, tools.wrk)
     try:
-        wrk.run(warmup, profile.warmup)
+        wrk.run(warming, warmup)
         with SupervisorUsage(stack.supervisor_pid) as usage:
             result = wrk.run(measured, profile.duration)
     except wrk.WrkError as exc:

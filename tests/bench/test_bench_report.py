@@ -146,8 +146,14 @@ def test_quick_plan_covers_the_four_backends_once():
 def test_full_plan_adds_tcp_for_hello():
     tcp = [c for c in runs.plan(FULL) if c.transport == "tcp"]
     assert tcp and all(c.workloads == ("hello",) for c in tcp)
+    assert {c.config for c in tcp} == {"limit", "juggler", "gunicorn"}
+    assert {c.backend for c in tcp} == {"wsgiref", "meinheld"}
     unix = [c for c in runs.plan(FULL) if c.transport == "unix" and c.backend != "-"]
-    assert all(len(c.workloads) == 4 for c in unix)
+    for cell in unix:
+        # circus + chaussette is a reference: hello world only.
+        expected = 1 if cell.config == "circus" else 4
+        assert len(cell.workloads) == expected, cell
+    assert {c.config for c in unix} == {"limit", "juggler", "gunicorn", "circus"}
 
 
 def test_restart_rows_show_median_p95_and_how_each_restarts():
