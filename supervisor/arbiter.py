@@ -233,10 +233,13 @@ class Arbiter:
     ) -> None:
         """Give a watcher new options (the ``set`` command)."""
         async with self._changing:
-            await watcher.reconfigure(config, spawn_spec_factory(config, self.sockets))
+            launcher = spawn_spec_factory(config, self.sockets)
             self.config = replace(
                 self.config, watchers={**self.config.watchers, config.name: config}
             )
+        # Applied outside the arbiter's lock: waiting for this watcher (a
+        # stop in its graceful timeout, say) must not hold up the others.
+        await watcher.reconfigure(config, launcher)
 
     def request_stop(self) -> None:
         """Stop as on SIGTERM (the ``quit`` command)."""

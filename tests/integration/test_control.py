@@ -253,10 +253,25 @@ def test_a_slow_stop_does_not_freeze_other_commands(juggler):
         durations = list(pool.map(lambda _: timed_status(), range(50)))
     assert not stopping.done()  # the stop still waits for its graceful_timeout
     print(f"50 concurrent status during a stop: max {max(durations) * 1000:.0f} ms")
+
+    # A change queued behind that stop waits for it; changes to the other
+    # watchers, and adding or removing one, do not.
+    queued = concurrent.futures.ThreadPoolExecutor(1).submit(
+        sup.ctl, "set", "stubborn", "graceful_timeout", "3"
+    )
+    for command in (
+        ("set", "web", "numprocesses", "3"),
+        ("add", "extra", "sleep 60"),
+        ("rm", "extra"),
+    ):
+        done = sup.ctl(*command)
+        assert done.returncode == 0, (command, done.stderr)
+    assert not stopping.done() and not queued.done()
+    assert queued.result(timeout=30).returncode == 0
     # The web watcher is still managed: a killed worker is replaced.
     victim = sup.serving("web")[0]
     os.kill(victim, 9)
-    wait_for(lambda: victim not in sup.serving("web") and len(sup.serving("web")) == 2)
+    wait_for(lambda: victim not in sup.serving("web") and len(sup.serving("web")) == 3)
     assert stopping.result(timeout=30).returncode == 0
 
 
