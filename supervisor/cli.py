@@ -30,10 +30,17 @@ EXIT_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from juggler.supervisor.ctl import COMMANDS, OneLineParser
+
+    commands = "\n".join(
+        f"  {name:<14} {help_text}" for name, (help_text, _) in COMMANDS.items()
+    )
+    parser = OneLineParser(
         prog="juggler",
         description="Run and watch the processes and sockets of a Circus-style "
         "INI config.",
+        epilog="commands for a running juggler (juggler COMMAND --help):\n" + commands,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", metavar="CONFIG", help="the INI file")
     check = parser.add_argument_group("checking a config")

@@ -18,7 +18,7 @@ from juggler.supervisor import runtime_options
 from juggler.supervisor.config import json_object, to_json
 from juggler.supervisor.control import CommandError
 from juggler.supervisor.stats import StatsSampler
-from juggler.supervisor.watcher import RestartFailed, Watcher
+from juggler.supervisor.watcher import RestartFailed, Watcher, WatcherState
 
 if TYPE_CHECKING:
     from juggler.supervisor.arbiter import Arbiter
@@ -119,8 +119,13 @@ class Commands:
     # -- changing ----------------------------------------------------------
 
     async def start(self, args: dict[str, Any]) -> Any:
+        failed = []
         for watcher in self._targets(args):
             await watcher.start()
+            if watcher.state == WatcherState.STOPPED:
+                failed.append(watcher.start_problem or f"{watcher.name}: see the log")
+        if failed:
+            raise CommandError(f"did not start: {'; '.join(failed)}")
         return await self.status(args)
 
     async def stop(self, args: dict[str, Any]) -> Any:

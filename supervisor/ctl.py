@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from juggler.supervisor import endpoint as endpoints
 from juggler.supervisor.client import Client
@@ -103,15 +103,39 @@ COMMANDS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one ``error:`` line (and exit 2), like the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="juggler", description="Drive a running juggler."
-    )
+    parser = OneLineParser(prog="juggler", description="Drive a running juggler.")
+    _add_client_options(parser, after_command=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, arguments) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        for arg, kwargs in arguments:
+            command.add_argument(arg, **kwargs)
+        # Also after the command (juggler status --json): given there, they
+        # override; not given, they leave the value set before the command.
+        _add_client_options(command, after_command=True)
+    return parser
+
+
+def _add_client_options(
+    parser: argparse.ArgumentParser, *, after_command: bool
+) -> None:
+    """--endpoint, --token-file, --json and --timeout. After the command,
+    an option not given must not reset what was given before it."""
+    keep: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
+    endpoint = os.environ.get("JUGGLER_ENDPOINT")
     parser.add_argument(
         "--endpoint",
-        default=os.environ.get("JUGGLER_ENDPOINT"),
         help="unix:///path or tcp://host:port (default: the per-user socket, "
         "or $JUGGLER_ENDPOINT)",
+        **(keep or {"default": endpoint}),
     )
     parser.add_argument(
         "--token-file",
@@ -119,21 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the token of a tcp:// endpoint, in a file only you can read "
         "(default: $JUGGLER_TOKEN, then the token juggler generated for "
         "this endpoint)",
+        **keep,
     )
-    parser.add_argument("--json", action="store_true", help="print raw JSON")
+    parser.add_argument("--json", action="store_true", help="print raw JSON", **keep)
     parser.add_argument(
         "--timeout",
         type=_seconds,
         metavar="S",
         help=f"seconds to wait for a reply (default: {DEFAULT_TIMEOUT:g}; none "
         "for commands the daemon works on: stop, restart, reload, ...)",
+        **keep,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, arguments) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        for arg, kwargs in arguments:
-            command.add_argument(arg, **kwargs)
-    return parser
 
 
 def main(argv: Sequence[str]) -> int:
@@ -263,7 +283,7 @@ def _print_status(result: dict[str, Any]) -> None:
     watchers = [result] if "state" in result else list(result.values())
     for watcher in watchers:
         processes = watcher["processes"]
-        serving = [p for p in processes if not p.get("spare")]
+        serving = [p for p in processes if not p.get("spare") and not p.get("stopping")]
         print(
             f"{watcher['name']}: {watcher['state']} "
             f"({len(serving)}/{watcher['numprocesses']} processes, "
@@ -272,6 +292,7 @@ def _print_status(result: dict[str, Any]) -> None:
         for p in processes:
             ready = "ready" if p["ready"] else "starting"
             ready = "spare" if p.get("spare") else ready
+            ready = "stopping" if p.get("stopping") else ready
             print(f"  [{p['wid']}] pid={p['pid']:<8} {ready:<8} up {p['age']:.0f}s")
 
 

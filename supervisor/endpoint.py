@@ -94,8 +94,19 @@ def check_private_dir(directory: str, *, search_ok: bool = False) -> None:
         raise PermissionError(
             f"directory {directory} must be owned by uid {os.getuid()} and mode "
             f"{wanted} (it is uid {info.st_uid}, mode {info.st_mode & 0o777:o}); "
-            f"chmod 700 {directory}"
+            + _private_dir_advice(directory, info)
         )
+
+
+def _private_dir_advice(directory: str, info: os.stat_result) -> str:
+    """What to do: chmod a directory of one's own, never one that others
+    share (a sticky directory like /tmp, even when root owns it)."""
+    if info.st_uid == os.getuid() and not info.st_mode & stat.S_ISVTX:
+        return f"chmod 700 {directory}"
+    return (
+        "put the socket in a directory of its own, such as "
+        f"unix://{runtime_dir()}/{DEFAULT_SOCKET_NAME}"
+    )
 
 
 def token_path(endpoint: Endpoint) -> str:

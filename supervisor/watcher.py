@@ -48,6 +48,12 @@ class Watcher(RespawningWatcher):
         async with self._lock:
             await self._start()
 
+    @property
+    def start_problem(self) -> str | None:
+        """Why this watcher refuses to start (a hook or stream that failed
+        to load), if that is the reason."""
+        return self._hooks.problem
+
     async def stop(self) -> None:
         """Stop every process gracefully, SIGKILL after graceful_timeout."""
         async with self._lock:

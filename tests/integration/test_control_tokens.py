@@ -8,6 +8,8 @@ import pytest
 from control_support import free_port
 from harness import SupervisorProcess
 
+from juggler.supervisor import endpoint
+
 WATCHER = """
 [watcher:sl]
 cmd = sleep 1000
@@ -57,6 +59,27 @@ def test_a_loose_control_socket_directory_is_refused():
             f"is uid {os.getuid()}, mode 755); chmod 700 {directory}"
         ]
         assert not os.path.exists(f"{directory}/c.sock")
+    finally:
+        sup.stop()
+
+
+def test_a_socket_in_a_shared_directory_is_refused_with_advice_that_fits():
+    # Many Circus configs name ipc:///tmp/...: /tmp is shared (sticky), so
+    # chmod is the wrong advice; a directory of one's own is the right one.
+    sup = SupervisorProcess(
+        "[circus]\nendpoint = ipc:///tmp/juggler-test-c.sock\n" + WATCHER
+    )
+    try:
+        [line] = failed_start(sup)
+        assert line.startswith(
+            "error: control endpoint unix:///tmp/juggler-test-c.sock"
+        )
+        assert "chmod" not in line
+        assert line.endswith(
+            "put the socket in a directory of its own, such as "
+            f"unix://{endpoint.runtime_dir()}/juggler.sock"
+        )
+        assert not os.path.exists("/tmp/juggler-test-c.sock")
     finally:
         sup.stop()
 

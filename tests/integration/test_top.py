@@ -122,3 +122,27 @@ def test_top_exits_with_one_line_when_juggler_goes_away(sup, top):
     message = tail[1].decode(errors="replace").strip()
     assert "closed the connection" in message and "\n" not in message
     assert b"Traceback" not in top.screen
+
+
+def test_top_redraws_to_the_new_size_of_its_terminal(sup, top):
+    top.wait_for(b"SOCKETS")
+    # 8 rows hold the title, the header and the first few processes: the
+    # socket section, further down, is no longer drawn.
+    mark = len(top.read())
+    top.resize(8, 40)
+    # A resize clears the screen and draws it all again, cut to 40 columns.
+    wait_for(lambda: b"\x1b[2J" in top.read()[mark:], message="a cleared screen")
+    redrawn = top.screen[mark:].rsplit(b"\x1b[2J", 1)[1]
+    assert (
+        b"juggler top" in redrawn
+        and b"WATCHER        WID     PID   CPU%  RSS " in redrawn
+    )
+    assert b"RSS MiB" not in redrawn
+    for _ in range(2):  # two more frames (each changes at least the clock)
+        drawn = len(top.read())
+        wait_for(lambda n=drawn: len(top.read()) > n, message="another frame")
+    assert b"SOCKETS" not in top.screen[mark:]
+    top.resize(30, 100)
+    top.wait_for(b"SOCKETS")
+    os.write(top.leader, b"q")
+    assert top.proc.wait(timeout=10) == 0

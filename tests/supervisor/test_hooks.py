@@ -264,6 +264,13 @@ def test_a_hook_that_cannot_be_imported_keeps_only_its_watcher_stopped(
     assert f"broken: hooks.before_start = {target}: {cause}" in line
     # Asking again gives the same one-line cause, and still does not start it.
     assert sup.log().count("not starting: broken: hooks.before_start") == 1
-    sup.ctl_json("start", "broken")
+    done = sup.ctl("start", "broken")
+    assert done.returncode == 1
+    # One line: the command failed, and why.
+    [line] = done.stderr.splitlines()
+    assert line.startswith(
+        f"error: did not start: broken: hooks.before_start = {target}"
+    )
+    assert cause in line
     assert states(sup)["broken"] == "stopped"
     assert sup.log().count("not starting: broken: hooks.before_start") == 2
