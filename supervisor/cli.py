@@ -144,10 +144,10 @@ def run_daemon(config: ArbiterConfig, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if config.umask is not None:
         os.umask(config.umask)
-    if args.daemon:
-        detach()
     pidfile_path = args.pidfile or config.pidfile
     pidfile = PidFile(pidfile_path) if pidfile_path else None
+    if args.daemon:
+        detach()
     try:
         if pidfile is not None:
             pidfile.write()

@@ -27,7 +27,9 @@ def detach() -> None:
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
-    os.chdir("/")
+    # The working directory stays, as under Circus: a config's relative
+    # paths (stream files, a consumer's script, working_dir left out) mean
+    # the same with --daemon as without.
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
