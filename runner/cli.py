@@ -76,8 +76,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     where.add_argument(
         "--backlog",
         type=int,
-        default=2048,
-        help="listen queue when binding here (ignored with --fd)",
+        default=None,
+        help=f"listen queue when binding here (default {serve.DEFAULT_BACKLOG}; "
+        "ignored with --fd)",
     )
     where.add_argument(
         "--address-family",

@@ -129,6 +129,23 @@ def bind_unix(path: str, backlog: int) -> socket.socket:
     return sock
 
 
+class OwnSocketFile:
+    """The file of a UNIX socket this process bound, removed once it is done
+    with it -- unless another socket has taken the path since (a new runner
+    started while this one drained)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.inode = os.lstat(path).st_ino
+
+    def remove(self) -> None:
+        try:
+            if os.lstat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
 def _remove_stale_socket(path: str) -> None:
     try:
         mode = os.lstat(path).st_mode

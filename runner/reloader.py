@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 
 from juggler.backends.signals import StopRequest
 from juggler.runner.errors import EXIT_OK
-from juggler.runner.serve import Settings, open_listener
+from juggler.runner.serve import Settings, open_listener, own_socket_file
 
 log = logging.getLogger("juggler.runner")
 
@@ -87,6 +88,17 @@ def run_with_reloader(
     before the first child starts means none is started.
     """
     sock = open_listener(settings)
+    own_file = own_socket_file(settings)
+    try:
+        return _reload_until_stopped(settings, argv, stop, sock)
+    finally:
+        if own_file is not None:
+            own_file.remove()
+
+
+def _reload_until_stopped(
+    settings: Settings, argv: Sequence[str], stop: StopRequest, sock: socket.socket
+) -> int:
     sock.set_inheritable(True)
     roots = [os.getcwd(), *settings.python_path]
     command = [sys.executable, "-m", "juggler.runner", *child_argv(argv, sock.fileno())]

@@ -44,6 +44,9 @@ from juggler.runner.standby import standby_fd_from_environ, wait_for_promotion
 
 log = logging.getLogger("juggler.runner")
 
+# The listen queue when the runner binds its own socket (chaussette's too).
+DEFAULT_BACKLOG = 2048
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -55,7 +58,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     uds: str | None = None
-    backlog: int = 2048
+    backlog: int = DEFAULT_BACKLOG
     expect_family: int | None = None
     expect_type: int | None = None
     backend: str = "auto"
@@ -84,7 +87,8 @@ def settings_from_args(
         raise UsageError("give only one of --fd, --host/--port and --uds")
     if fd is None and (args.address_family or args.socket_type):
         log.warning("--address-family/--socket-type only apply with --fd")
-    if fd is not None and args.backlog != 2048:
+    # Given at all, even at chaussette's own default, it is ignored with --fd.
+    if fd is not None and args.backlog is not None:
         log.warning("--backlog is ignored with --fd: the parent set the backlog")
 
     return Settings(
@@ -94,7 +98,7 @@ def settings_from_args(
         host=host or "127.0.0.1",
         port=args.port,
         uds=uds,
-        backlog=args.backlog,
+        backlog=DEFAULT_BACKLOG if args.backlog is None else args.backlog,
         expect_family=families[args.address_family] if args.address_family else None,
         expect_type=types[args.socket_type] if args.socket_type else None,
         backend=args.backend,
@@ -152,19 +156,29 @@ def run(settings: Settings, stop: StopRequest) -> int:
     notifier = Notifier.from_environ()
     standby_fd = standby_fd_from_environ()
     worker = _boot(settings, notifier, stop)
+    own_file = own_socket_file(settings)
+    try:
+        if standby_fd is not None and not wait_for_promotion(
+            standby_fd, notifier, stop
+        ):
+            return EXIT_OK
+        _serve(worker, settings, stop)
+    finally:
+        if own_file is not None:
+            own_file.remove()
+    log.info("stopped: pid=%d", os.getpid())
+    return EXIT_OK
 
-    if standby_fd is not None and not wait_for_promotion(standby_fd, notifier, stop):
-        return EXIT_OK
+
+def _serve(worker: _Worker, settings: Settings, stop: StopRequest) -> None:
     if _stopped_during_boot(stop):
-        return EXIT_OK
+        return
     _run_pre_hook(worker.pre_hook, settings)
     try:
         if not _stopped_during_boot(stop):
             worker.backend.serve(worker.sock, worker.app, worker.context)
     finally:
         _run_post_hook(worker.post_hook, settings)
-    log.info("stopped: pid=%d", os.getpid())
-    return EXIT_OK
 
 
 @dataclass(frozen=True)
@@ -217,6 +231,14 @@ def _stopped_during_boot(stop: StopRequest) -> bool:
         os.getpid(),
     )
     return True
+
+
+def own_socket_file(settings: Settings) -> listen.OwnSocketFile | None:
+    """The UNIX socket file bound here (--uds), to remove at exit; an
+    inherited socket's file is its parent's, and stays."""
+    if settings.fd is None and settings.uds is not None:
+        return listen.OwnSocketFile(settings.uds)
+    return None
 
 
 def open_listener(settings: Settings) -> socket.socket:

@@ -139,10 +139,19 @@ def test_host_fd_url() -> None:
         assert get(runner, "/") == (200, HELLO)
 
 
-def test_backlog_with_fd_warns_and_serves() -> None:
-    with harness.running("hello:app", extra_args=["--backlog", "16"]) as runner:
+@pytest.mark.parametrize("backlog", ["16", "2048"])
+def test_backlog_with_fd_warns_and_serves(backlog: str) -> None:
+    # 2048 is chaussette's default, and in many Circus configs: still
+    # ignored, so still warned about.
+    with harness.running("hello:app", extra_args=["--backlog", backlog]) as runner:
         assert get(runner, "/") == (200, HELLO)
         assert "--backlog is ignored with --fd" in runner.log()
+
+
+def test_no_backlog_with_fd_no_warning() -> None:
+    with harness.running("hello:app") as runner:
+        assert get(runner, "/") == (200, HELLO)
+        assert "--backlog" not in runner.log()
 
 
 def test_use_reloader_is_accepted() -> None:
