@@ -281,3 +281,23 @@ def test_missing_gevent_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     message = caught.value.message
     assert "pip install 'juggler[gevent]'" in message
     assert "\n" not in message
+
+
+def test_spawn_bounds_the_requests_served_at_once() -> None:
+    # With a pool of one greenlet, two 1-second requests sent together are
+    # served one after the other: 2 s at least, where a pool of two takes 1.
+    import concurrent.futures
+    import time
+
+    extra = ["--spawn", "1"]
+    with harness.running(
+        "reliability_app:app", backend="gevent", extra_args=extra
+    ) as r:
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(
+                pool.map(lambda _: harness.http_get(r.address, "/sleep?s=1"), range(2))
+            )
+        elapsed = time.monotonic() - started
+    assert [status for status, _ in answers] == [200, 200]
+    assert elapsed >= 2.0

@@ -98,6 +98,24 @@ def test_address_family_unix_with_a_tcp_socket() -> None:
     assert_fails(result, 3, "AF_INET socket but --address-family AF_UNIX")
 
 
+def test_socket_type_other_than_the_inherited_one() -> None:
+    with harness.bind_tcp() as tcp:
+        fd = tcp.fileno()
+        args = ["serve", "--fd", str(fd), "--socket-type", "SOCK_DGRAM", "hello:app"]
+        result = run_cli(args, pass_fds=(fd,))
+    assert_fails(result, 3, "SOCK_STREAM socket but --socket-type SOCK_DGRAM")
+
+
+def test_a_backend_whose_package_is_missing_names_the_extra(tmp_path: Path) -> None:
+    # A waitress that cannot be imported stands for one not installed.
+    (tmp_path / "waitress").mkdir()
+    (tmp_path / "waitress" / "__init__.py").write_text("raise ImportError('gone')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    args = ["serve", *ANY_PORT, "--backend", "waitress", "hello:app"]
+    result = run_cli(args, env=env)
+    assert_fails(result, 3, "pip install 'juggler[waitress]'")
+
+
 def test_wsgi_app_on_an_asgi_backend_names_the_wsgi_backends() -> None:
     result = run_cli(["serve", *ANY_PORT, "--backend", "uvicorn", "hello:app"])
     line = assert_fails(result, 3, "backend uvicorn serves ASGI apps only")
@@ -154,9 +172,10 @@ def test_no_backlog_with_fd_no_warning() -> None:
         assert "--backlog" not in runner.log()
 
 
-def test_use_reloader_is_accepted() -> None:
+def test_use_reloader_is_the_reloader() -> None:
     with harness.running("hello:app", extra_args=["--use-reloader"]) as runner:
         assert get(runner, "/") == (200, HELLO)
+        assert "reloader: watching" in runner.log()
 
 
 def test_log_output_file(tmp_path: Path) -> None:
