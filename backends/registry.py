@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 
 from juggler.backends.base import Backend
-from juggler.runner.errors import BootError, UsageError
+from juggler.runner.errors import BackendUnavailable, BootError
 
 ENTRY_POINT_GROUP = "juggler.backends"
 
@@ -56,7 +56,9 @@ def target(name: str) -> str:
     if name in third_party:
         return third_party[name]
     known = ", ".join(names())
-    raise UsageError(f'unknown backend "{name}" (known backends: {known})')
+    # A boot failure (exit 3), not a usage error: to a supervisor it is a
+    # backend missing from this installation, and respawning cannot help.
+    raise BackendUnavailable(f'unknown backend "{name}" (known backends: {known})')
 
 
 def load(name: str) -> Backend:

@@ -8,6 +8,14 @@ shell globs, matched case-sensitively: ``[env:web,worker*]``, ``[env:*]``.
 
 Values may use ``$VAR`` / ``${VAR}`` (from the arbiter's environment) and
 ``$(circus.env.VAR)`` (from that environment plus ``[env]``).
+
+``copy_env`` copies the arbiter's environment except ``ARBITER_ONLY``: the
+variables addressed to the arbiter itself. A worker that found systemd's
+NOTIFY_SOCKET would announce itself as the service (``MAINPID=`` its own
+pid); LISTEN_FDS and LISTEN_PID describe descriptors the arbiter was handed;
+JUGGLER_TOKEN is the key to the control channel. Each of them would also
+reach every program the app starts. A config that means a process to have
+one names it in an env section.
 """
 
 from __future__ import annotations
@@ -25,6 +33,12 @@ from juggler.supervisor.substitute import (
     expand_env,
     expand_shell_vars,
 )
+
+ARBITER_ONLY = frozenset({
+    "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC",
+    "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+    "JUGGLER_TOKEN",
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,7 @@ def watcher_env(
     """The watcher's variables; ``EnvValue`` for those a config line set."""
     env: dict[str, EnvValue | str] = {}
     if copy_env:
-        env.update(environ)
+        env.update((k, v) for k, v in environ.items() if k not in ARBITER_ONLY)
         if copy_path:
             env["PYTHONPATH"] = os.pathsep.join(sys.path)
     env.update(global_env)

@@ -32,6 +32,8 @@ SOCKET_TYPES = {
     "SOCK_SEQPACKET": socket.SOCK_SEQPACKET,
 }
 UNLIMITED_WORDS = frozenset({"", "unlimited", "infinity"})
+# (uid_t)-1 and (gid_t)-1: to setresuid() and setresgid(), "no change".
+UNCHANGED_ID = 2**32 - 1
 
 
 def to_bool(text: str) -> bool:

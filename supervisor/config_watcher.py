@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import shlex
 from collections.abc import Mapping
@@ -24,9 +26,15 @@ from juggler.supervisor.config_model import (
     HookConfig,
     WatcherConfig,
 )
+from juggler.supervisor.config_runner import unknown_backend
 from juggler.supervisor.config_sections import Reader
 from juggler.supervisor.config_streams import read_stream
-from juggler.supervisor.config_values import READERS, to_bool, to_rlimit
+from juggler.supervisor.config_values import (
+    READERS,
+    UNCHANGED_ID,
+    to_bool,
+    to_rlimit,
+)
 from juggler.supervisor.errors import Problems, Where
 from juggler.supervisor.ini import Entry, Section
 from juggler.supervisor.substitute import (
@@ -89,10 +97,12 @@ def build_watcher(
     if section.get("cmd") is None:
         problems.error(section.where, "cmd: missing (the command to run)")
     _check_combinations(section, values, problems)
+    _check_identity(section, values, problems)
     if values.get("virtualenv") and values.get("copy_env"):
         _virtualenv(section, values, env, problems)
     _upgrade_old_wid(section, values, problems)
     used = _template_sockets(section, values, env, ctx, problems)
+    _check_runner_backend(section, values, plain(env), problems)
     if used is None or len(problems.errors) > before:
         return None
     return _assemble(section, values=values, extra=extra, env=env, used=used, ctx=ctx)
@@ -189,6 +199,63 @@ def _check_combinations(
         problems.error(at("virtualenv"), "needs copy_env = true (as in Circus)")
     if values.get("singleton") and values.get("numprocesses", 1) > 1:
         problems.error(at("numprocesses"), "a singleton runs at most 1 process")
+
+
+def _check_runner_backend(
+    section: Section, values: dict[str, Any], env: dict[str, str], problems: Problems
+) -> None:
+    """``runner serve --backend NAME`` with a NAME its runner lacks."""
+    if values.get("shell") or "cmd" not in values:
+        return
+    try:
+        words = {k: shlex.split(values[k]) for k in ("cmd", "args") if values.get(k)}
+    except ValueError:
+        return  # reported when the command is split at spawn time
+    reason = unknown_backend([*words.get("cmd", []), *words.get("args", [])], env)
+    if reason is not None:
+        key = "args" if "--backend" in values.get("args", "") else "cmd"
+        problems.error(_where(section, key), reason)
+
+
+def _check_identity(
+    section: Section, values: dict[str, Any], problems: Problems
+) -> None:
+    """uid and gid: an id the kernel cannot take is an error; a name this
+    system does not know is a warning (the config may be checked on
+    another machine), and the watcher then refuses to start (launch.py)."""
+    for key, lookup in (("uid", _known_user), ("gid", _known_group)):
+        text = values.get(key)
+        if text is None:
+            continue
+        if text.isdigit() and int(text) >= UNCHANGED_ID:
+            problems.error(
+                _where(section, key),
+                f"expected a name or a number below {UNCHANGED_ID}, got {text!r}",
+            )
+        elif not lookup(text):
+            what = "user" if key == "uid" else "group"
+            problems.warn(
+                _where(section, key),
+                f"no {what} {text!r} on this system: the watcher cannot start here",
+            )
+
+
+def _known_user(text: str) -> bool:
+    try:
+        pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
+    except KeyError:
+        return False
+    return True
+
+
+def _known_group(text: str) -> bool:
+    if text.isdigit():
+        return True  # a bare gid needs no entry in the group database
+    try:
+        grp.getgrnam(text)
+    except KeyError:
+        return False
+    return True
 
 
 def _virtualenv(

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import grp
 import logging
+import os
 import pwd
 import resource
 import shlex
 from collections.abc import Callable, Mapping
 
 from juggler.supervisor.config_model import WatcherConfig
+from juggler.supervisor.config_values import UNCHANGED_ID
 from juggler.supervisor.errors import SpawnError
 from juggler.supervisor.hooks import HookError, Hooks, search_path
 from juggler.supervisor.process import SpawnSpec
@@ -35,6 +37,10 @@ from juggler.supervisor.streams import OutputStream, StreamError, open_stream
 from juggler.supervisor.substitute import render
 
 log = logging.getLogger("juggler.supervisor")
+
+# From linux/capability.h: what changing the groups and the uid takes.
+CAP_SETGID = 6
+CAP_SETUID = 7
 
 
 class Launcher:
@@ -179,7 +185,7 @@ def resolve_user(config: WatcherConfig) -> tuple[int | None, int | None]:
                 if config.uid.isdigit()
                 else pwd.getpwnam(config.uid)
             )
-        except KeyError:
+        except (KeyError, OverflowError):
             raise SpawnError(f"{config.name}: no user {config.uid!r}") from None
         uid, gid = entry.pw_uid, entry.pw_gid
     if config.gid is not None:
@@ -190,7 +196,40 @@ def resolve_user(config: WatcherConfig) -> tuple[int | None, int | None]:
                 gid = grp.getgrnam(config.gid).gr_gid
             except KeyError:
                 raise SpawnError(f"{config.name}: no group {config.gid!r}") from None
+    if gid is not None and gid >= UNCHANGED_ID:
+        raise SpawnError(
+            f"{config.name}: gid {gid} is not a group id (the kernel reads "
+            f"{UNCHANGED_ID} as 'leave the group unchanged')"
+        )
+    _check_can_switch(config.name, uid, gid)
     return uid, gid
+
+
+def _check_can_switch(name: str, uid: int | None, gid: int | None) -> None:
+    """Refuse now, in words, what would fail in the child after the fork
+    (where the cause is lost): setting the groups needs CAP_SETGID, even
+    to our own; another uid needs CAP_SETUID."""
+    missing = []
+    if gid is not None and not _has_capability(CAP_SETGID):
+        missing.append("CAP_SETGID")
+    if uid is not None and uid != os.geteuid() and not _has_capability(CAP_SETUID):
+        missing.append("CAP_SETUID")
+    if missing:
+        raise SpawnError(
+            f"{name}: cannot run as uid={uid} gid={gid}: juggler (uid "
+            f"{os.geteuid()}) lacks {' and '.join(missing)}, which switching "
+            "takes; give it them (root has them unless they were dropped), "
+            "or leave uid and gid out"
+        )
+
+
+def _has_capability(number: int) -> bool:
+    """Whether this process holds capability ``number`` (capability.h)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> number & 1)
+    return os.geteuid() == 0  # no /proc: assume root holds them all
 
 
 def resolve_rlimits(config: WatcherConfig) -> dict[int, tuple[int, int]]:
