@@ -167,8 +167,10 @@ def command_line(config: WatcherConfig, fill: Callable[[str], str]) -> list[str]
     cmd = fill(config.cmd)
     args = fill(config.args) if config.args else ""
     if config.shell:
+        # As Circus (through Popen(shell=True)) does: shell_args come after
+        # the command string, where the shell makes them $0, $1, ...
         shell_args = shlex.split(fill(config.shell_args)) if config.shell_args else []
-        return ["/bin/sh", *shell_args, "-c", f"{cmd} {args}".strip()]
+        return ["/bin/sh", "-c", f"{cmd} {args}".strip(), *shell_args]
     try:
         return shlex.split(cmd) + shlex.split(args)
     except ValueError as exc:

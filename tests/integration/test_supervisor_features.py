@@ -290,3 +290,20 @@ check_flapping = false
     assert delays == sorted(delays) and delays[0] == 0.1
     # Without back-off, /bin/false is respawned hundreds of times a second.
     assert spawns < 40
+
+
+def test_shell_args_become_the_positional_parameters_of_the_shell(supervisor):
+    # Circus runs shell = true commands as sh -c CMD SHELL_ARGS...: the
+    # shell sees them as $0, $1. Pipes and redirections work in CMD.
+    sup = supervisor(
+        """
+[watcher:sh]
+cmd = echo "$0 $1" | tr a-z A-Z > {tmp}/out; exec sleep 60
+shell = true
+shell_args = first second
+ready = none
+"""
+    )
+    out = Path(sup.tmp) / "out"
+    wait_for(lambda: out.exists() and out.read_text(), message="the shell's output")
+    assert out.read_text() == "FIRST SECOND\n"
