@@ -142,6 +142,8 @@ def run_daemon(config: ArbiterConfig, args: argparse.Namespace) -> int:
     output = args.log_output or config.logoutput
     if (level or output) and not _configure_logging(level or "info", output or "-"):
         return EXIT_CONFIG
+    if config.loggerconfig and not _apply_logger_config(config.loggerconfig):
+        return EXIT_CONFIG
     if config.umask is not None:
         os.umask(config.umask)
     pidfile_path = args.pidfile or config.pidfile
@@ -169,6 +171,47 @@ def _configure_logging(level: str, output: str) -> bool:
         )
         return False
     return True
+
+
+def _apply_logger_config(path: str) -> bool:
+    """Circus's ``loggerconfig``: a logging config file (INI, JSON or YAML)
+    applied over the defaults; ``default`` keeps them."""
+    import logging.config
+
+    if path == "default":
+        return True
+    try:
+        if path.endswith((".yaml", ".yml")):
+            _dict_config(_read_yaml(path))
+        elif path.endswith(".json"):
+            with open(path) as f:
+                _dict_config(json.load(f))
+        else:
+            logging.config.fileConfig(path, disable_existing_loggers=False)
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+        print(f"error: loggerconfig {path}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _dict_config(settings: dict[str, object]) -> None:
+    import logging.config
+
+    settings.setdefault("version", 1)
+    settings.setdefault("disable_existing_loggers", False)
+    logging.config.dictConfig(settings)
+
+
+def _read_yaml(path: str) -> dict[str, object]:
+    try:
+        import yaml  # type: ignore[import-untyped]
+    except ImportError:
+        raise ImportError("a YAML file needs PyYAML (pip install pyyaml)") from None
+    with open(path) as f:
+        loaded = yaml.safe_load(f)
+    if not isinstance(loaded, dict):
+        raise ValueError("expected a mapping of logging settings")
+    return loaded
 
 
 if __name__ == "__main__":

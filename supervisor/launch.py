@@ -101,6 +101,7 @@ def spawn_spec_factory(
             umask=config.umask,
             rlimits=rlimits,
             pass_fds=tuple(sorted(socket_fds.values())),
+            stdin=_stdin(config, socket_fds),
             stdout="devnull" if config.close_child_stdout else None,
             stderr="devnull" if config.close_child_stderr else None,
             stdout_sink=streams.get("stdout"),
@@ -108,6 +109,14 @@ def spawn_spec_factory(
         )
 
     return Launcher(spec_for, hooks, streams)
+
+
+def _stdin(config: WatcherConfig, socket_fds: Mapping[str, int]) -> str | int | None:
+    """A socket (stdin_socket, for inetd-style programs), /dev/null
+    (close_child_stdin, the default) or juggler's own stdin."""
+    if config.stdin_socket is not None:
+        return socket_fds[config.stdin_socket]
+    return "devnull" if config.close_child_stdin else None
 
 
 def descriptors(watcher: str, sockets: Mapping[str, BoundSocket]) -> dict[str, int]:

@@ -61,12 +61,27 @@ class SpawnSpec:
     umask: int | None = None
     rlimits: Mapping[int, tuple[int, int]] = field(default_factory=dict)
     pass_fds: tuple[int, ...] = ()
+    # "devnull" (close_child_stdin), None to inherit the supervisor's, or
+    # the descriptor of a socket (stdin_socket).
+    stdin: str | int | None = "devnull"
     # None: inherit the supervisor's stream; "devnull": discard it.
     stdout: str | None = None
     stderr: str | None = None
     # A stream to pipe the output to (unless discarded above).
     stdout_sink: OutputStream | None = None
     stderr_sink: OutputStream | None = None
+
+
+def _stdin_target(stdin: str | int | None) -> int | None:
+    """Popen's stdin for ``SpawnSpec.stdin``."""
+    if stdin == "devnull":
+        return subprocess.DEVNULL
+    assert not isinstance(stdin, str), stdin
+    return stdin
+
+
+# Exit codes of the runner that mean "respawning now would fail again".
+HOPELESS_EXIT_CODES = {3: "cannot boot", 4: "app failed to load"}
 
 
 def exit_description(status: int) -> str:
@@ -290,7 +305,7 @@ def spawn(
             executable=spec.executable,
             env=env,
             cwd=spec.cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=_stdin_target(spec.stdin),
             stdout=_stream_target(spec.stdout, stdout),
             stderr=_stream_target(spec.stderr, stderr),
             pass_fds=pass_fds,

@@ -307,3 +307,75 @@ ready = none
     out = Path(sup.tmp) / "out"
     wait_for(lambda: out.exists() and out.read_text(), message="the shell's output")
     assert out.read_text() == "FIRST SECOND\n"
+
+
+INETD_STYLE = (
+    "import socket, time; listener = socket.socket(fileno=0); "
+    "conn, _ = listener.accept(); conn.sendall(b'from stdin'); conn.close(); "
+    "time.sleep(60)"
+)
+
+
+def test_stdin_socket_is_the_processes_stdin(supervisor):
+    # Circus's stdin_socket: the listening socket as fd 0, for programs
+    # written to be started by inetd.
+    sup = supervisor(
+        f"""
+[socket:web]
+path = {{tmp}}/web.sock
+
+[watcher:inetd]
+cmd = {{python}} -c "{INETD_STYLE}"
+stdin_socket = web
+ready = none
+"""
+    )
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(10)
+        client.connect(f"{sup.tmp}/web.sock")
+        assert client.recv(100) == b"from stdin"
+
+
+LOGGER_CONFIG = {
+    "handlers": {
+        "custom": {
+            "class": "logging.FileHandler",
+            "filename": "{tmp}/custom.log",
+            "formatter": "marked",
+        }
+    },
+    "formatters": {"marked": {"format": "CUSTOM %(levelname)s %(message)s"}},
+    "loggers": {"juggler": {"handlers": ["custom"], "level": "INFO"}},
+}
+
+
+def test_loggerconfig_is_applied(supervisor, tmp_path):
+    config = json.dumps(LOGGER_CONFIG).replace("{tmp}", str(tmp_path))
+    (tmp_path / "logging.json").write_text(config)
+    supervisor(
+        f"""
+[circus]
+loggerconfig = {tmp_path}/logging.json
+
+[watcher:idle]
+cmd = sleep 60
+ready = none
+"""
+    )
+    log = tmp_path / "custom.log"
+    wait_for(lambda: log.exists() and "CUSTOM INFO started:" in log.read_text())
+
+
+def test_a_broken_loggerconfig_stops_the_start_in_one_line(tmp_path):
+    (tmp_path / "logging.json").write_text("{not json")
+    sup = SupervisorProcess(
+        f"[circus]\nloggerconfig = {tmp_path}/logging.json\n\n"
+        "[watcher:idle]\ncmd = sleep 60\n"
+    )
+    try:
+        sup.start(wait=None)
+        assert sup.wait(timeout=20) == 2
+        [line] = [x for x in sup.log().splitlines() if "error:" in x]
+        assert line.startswith(f"error: loggerconfig {tmp_path}/logging.json: ")
+    finally:
+        sup.stop()
