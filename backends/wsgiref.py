@@ -16,8 +16,12 @@ drain, instead of in a queue of this process.
 
 The main thread only waits, in ``StopRequest``. On SIGTERM or SIGINT it
 asks the poller to close this process's listening descriptor and every idle
-connection, then waits up to ``graceful_timeout`` for the busy ones; a
-response written meanwhile says ``Connection: close``.
+kept-alive connection, then waits up to ``graceful_timeout`` for the busy
+ones; a response written meanwhile says ``Connection: close``. A connection
+accepted whose request has not arrived yet is not idle in that sense: its
+client is owed an answer (a proxy writes its request right after connecting,
+and would turn the close into a 502), so it gets ``FRESH_GRACE`` seconds for
+its request to arrive.
 
 This module is the server: poller, threads, stop. What a worker does with a
 connection is ``wsgi11`` (request cycle) and ``wsgi11_response`` (framing);
@@ -60,6 +64,10 @@ _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 ACCEPT_BACKOFF = 0.5
 # accept() errors that no retry cures.
 _BROKEN_LISTENER = (errno.EBADF, errno.EINVAL, errno.ENOTSOCK)
+# During a stop, how long a connection accepted before it may take to send
+# its first request. One on its way arrives within milliseconds; a client
+# still silent after this is a pre-connect, closed like any idle one.
+FRESH_GRACE = 1.0
 
 
 class WsgirefBackend(Backend):
@@ -85,7 +93,7 @@ class WsgirefBackend(Backend):
         stop.wait()
         context.draining()
         server.stop()
-        drained = stop.wait_until(lambda: server.busy == 0, options.graceful_timeout)
+        drained = stop.wait_until(server.drained, options.graceful_timeout)
         server.release_threads()
         if not drained:
             log.warning(
@@ -120,6 +128,7 @@ class Server:
         # The lock guards every field below it and the epoll set.
         self._lock = threading.Lock()
         self._idle: dict[int, Connection] = {}  # oldest (soonest due) first
+        self._fresh: set[int] = set()  # idle ones that never sent a request
         self.busy = 0  # connections handed to workers and not yet back
         self._open = 0
         self._paused_until = 0.0  # accept() ran out of resources until then
@@ -147,6 +156,12 @@ class Server:
             self._handler.closing = True
             self._wake_locked()
 
+    def drained(self) -> bool:
+        """Whether the stop left nothing to finish: no connection busy, and
+        none accepted that still owes its first request."""
+        with self._lock:
+            return self.busy == 0 and not self._idle
+
     def release_threads(self) -> None:
         """Let idle worker threads end once the stop is over."""
         self._poller.join(timeout=1.0)
@@ -163,9 +178,14 @@ class Server:
             self._on_crash()
         finally:
             self._close_all()
+            # The last fresh connection may have just timed out: the main
+            # thread waits for a word that no worker thread will give.
+            self._wake_main()
 
     def _poll_once(self) -> bool:
         self._update_listening()
+        if self._stopping:
+            self._shed_idle()
         events = self._epoll.poll(self._poll_timeout())
         # Accept before handing out kept-alive connections: the kernel woke
         # this worker alone for the new connection (EPOLLEXCLUSIVE), and a
@@ -178,7 +198,23 @@ class Server:
             elif fd != self._listener_fd:
                 self._dispatch(fd)
         self._expire_idle(time.monotonic())
-        return self._stopping
+        with self._lock:
+            # Done once stopping, unless an accepted request is still owed.
+            return self._stopping and not self._idle
+
+    def _shed_idle(self) -> None:
+        """At a stop: close the kept-alive idle connections (their clients
+        retry on a new one), and give the fresh ones FRESH_GRACE at most."""
+        with self._lock:
+            kept = [fd for fd in self._idle if fd not in self._fresh]
+            closing = [self._idle.pop(fd) for fd in kept]
+            self._open -= len(closing)
+            # Every deadline capped alike keeps the dict in order of due.
+            due = time.monotonic() + FRESH_GRACE
+            for conn in self._idle.values():
+                conn.deadline = min(conn.deadline, due)
+        for conn in closing:
+            conn.sock.close()
 
     def _poll_timeout(self) -> float:
         # Every idle connection gets the same timeout, so the first in the
@@ -186,7 +222,7 @@ class Server:
         # until the first is due, or a whole timeout if none is idle, never
         # oversleeps a deadline.
         with self._lock:
-            if self._stopping:
+            if self._stopping and not self._idle:
                 return 0
             if not self._idle:
                 due = time.monotonic() + self._idle_timeout
@@ -212,17 +248,23 @@ class Server:
                 self._epoll.unregister(self._listener_fd)
 
     def _can_accept_locked(self) -> bool:
+        return not self._stopping and self._has_room_locked()
+
+    def _has_room_locked(self) -> bool:
         return (
-            not self._stopping
-            and self.busy < self._max_threads
+            self.busy < self._max_threads
             and self._open < MAX_CONNECTIONS
             and not self._paused_until
         )
 
     def _accept_ready(self) -> None:
+        # Even if a stop began since the poll: the kernel woke this worker
+        # alone for what waits in the backlog (EPOLLEXCLUSIVE) and wakes no
+        # sibling for it later; left there, it would wait for the next
+        # client to connect. The next pass leaves the listener's queue.
         while True:
             with self._lock:
-                if not self._can_accept_locked():
+                if not self._has_room_locked():
                     return
             try:
                 sock, address = self._listener.accept()
@@ -265,12 +307,14 @@ class Server:
         with self._lock:
             self._open += 1
             if not conn.reader.buf and self._park_locked(conn):
+                self._fresh.add(conn.fd)
                 return
         self._to_worker(conn)
 
     def _dispatch(self, fd: int) -> None:
         with self._lock:
             conn = self._idle.pop(fd, None)
+            self._fresh.discard(fd)
         if conn is not None:
             self._to_worker(conn)
 
@@ -298,6 +342,7 @@ class Server:
                 expired.append(fd)
             for fd in expired:
                 self._idle.pop(fd).sock.close()
+                self._fresh.discard(fd)
             self._open -= len(expired)
             if expired:
                 self._paused_until = 0.0
@@ -314,6 +359,7 @@ class Server:
             self._stopping = True
             idle = list(self._idle.values())
             self._idle.clear()
+            self._fresh.clear()
             self._open -= len(idle)
             if self._listening:
                 self._epoll.unregister(self._listener_fd)
@@ -352,7 +398,7 @@ class Server:
             self._after_release_locked()
 
     def _after_release_locked(self) -> None:
-        if self.busy == 0 and self._stopping:
+        if self.busy == 0 and self._stopping and not self._idle:
             self._wake_main()
         if not self._listening and self._can_accept_locked():
             self._wake_locked()

@@ -22,7 +22,11 @@ import random
 import time
 
 from juggler.supervisor.hooks import HookVeto
-from juggler.supervisor.process import Process
+from juggler.supervisor.process import (
+    HOPELESS_EXIT_CODES,
+    Process,
+    exit_description,
+)
 from juggler.supervisor.watcher_base import RestartFailed, WatcherBase, WatcherState
 
 log = logging.getLogger("juggler.supervisor")
@@ -110,14 +114,27 @@ class ReadyWatcher(WatcherBase):
         except HookVeto as exc:  # hooks
             raise RestartFailed(f"{exc}; {old!r} keeps serving") from None
         if new is None or not await self._wait_ready(new):
+            cause = self._trial_failure(new)
             if new is not None:
                 await self._stop_process(new)
             raise RestartFailed(
-                f"{self.name}: a new process did not become ready; "
+                f"{self.name}: a new process did not become ready: {cause}; "
                 f"{old!r} keeps serving"
             )
         new.on_trial = False
         await self._stop_process(old)
+
+    def _trial_failure(self, new: Process | None) -> str:
+        """Why a replacement failed, for the one line the operator reads."""
+        if new is None:
+            return "it could not be spawned (see the log)"
+        if new.exit_status is None:
+            return (
+                f"{new!r} not ready within ready_timeout={self.config.ready_timeout:g}s"
+            )
+        how = exit_description(new.exit_status)
+        meaning = HOPELESS_EXIT_CODES.get(new.exit_code() or 0)
+        return f"{new!r} exited with {how}" + (f" ({meaning})" if meaning else "")
 
     def _schedule_recycling(self, process: Process) -> None:
         """Recycle ``process`` after max_age (plus variance), if set."""

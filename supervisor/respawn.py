@@ -21,14 +21,15 @@ import signal
 from juggler.supervisor.errors import SpawnError
 from juggler.supervisor.flapping import backoff_delay
 from juggler.supervisor.hooks import HookVeto
-from juggler.supervisor.process import Process, exit_description
+from juggler.supervisor.process import (
+    HOPELESS_EXIT_CODES,
+    Process,
+    exit_description,
+)
 from juggler.supervisor.spares import SpareWatcher
 from juggler.supervisor.watcher_base import WatcherState
 
 log = logging.getLogger("juggler.supervisor")
-
-# Exit codes of the runner that mean "respawning now would fail again".
-HOPELESS_EXIT_CODES = {3: "cannot boot", 4: "app failed to load"}
 
 
 class RespawningWatcher(SpareWatcher):

@@ -217,6 +217,8 @@ class WatcherBase(abc.ABC):
                     "age": round(p.age(), 3),
                     "ready": p.ready_at is not None,
                     "spare": p.spare,
+                    # Told to stop: it drains and accepts no new connection.
+                    "stopping": p.stopping,
                 }
                 for p in sorted(self.processes.values(), key=lambda p: p.wid)
             ],

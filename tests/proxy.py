@@ -37,7 +37,7 @@ http {{
     scgi_temp_path {tmp}/scgi;
     upstream app {{
         server {upstream};
-        keepalive 32;
+        {keepalive}
     }}
     server {{
         listen 127.0.0.1:{port};
@@ -65,11 +65,16 @@ def free_port() -> int:
 
 
 class Nginx:
-    """nginx proxying to ``upstream`` (``unix:/path`` or ``host:port``)."""
+    """nginx proxying to ``upstream`` (``unix:/path`` or ``host:port``).
 
-    def __init__(self, upstream: str) -> None:
+    ``keepalive`` idle connections to the upstream are kept for reuse; with
+    0, every request opens a connection of its own to the upstream.
+    """
+
+    def __init__(self, upstream: str, keepalive: int = 32) -> None:
         self.tmp = tempfile.mkdtemp(prefix="juggler-nginx-")
         self.upstream = upstream
+        self.keepalive = keepalive
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -81,7 +86,11 @@ class Nginx:
         with open(conf, "w") as f:
             f.write(
                 NGINX_CONF.format(
-                    tmp=self.tmp, upstream=self.upstream, port=self.port, user=user
+                    tmp=self.tmp,
+                    upstream=self.upstream,
+                    port=self.port,
+                    user=user,
+                    keepalive=f"keepalive {self.keepalive};" if self.keepalive else "",
                 )
             )
         self.proc = subprocess.Popen(
@@ -121,6 +130,7 @@ class Nginx:
 class LoadResult:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    pids: Counter[str] = field(default_factory=Counter)  # X-Pid of answers
 
     @property
     def total(self) -> int:
@@ -136,11 +146,21 @@ class LoadResult:
 class Load:
     """Keep-alive clients hammering a port from threads until stopped.
 
-    Bounded: it stops by itself after ``max_seconds`` whatever happens.
+    With ``keepalive=False`` each request says ``Connection: close`` and
+    goes on a connection of its own. Bounded: it stops by itself after
+    ``max_seconds`` whatever happens.
     """
 
-    def __init__(self, port: int, clients: int = 16, max_seconds: float = 60) -> None:
+    def __init__(
+        self,
+        port: int,
+        clients: int = 16,
+        max_seconds: float = 60,
+        *,
+        keepalive: bool = True,
+    ) -> None:
         self.port = port
+        self.keepalive = keepalive
         self.result = LoadResult()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -159,21 +179,31 @@ class Load:
         for thread in self._threads:
             thread.join(timeout=30)
 
+    def connection(self) -> http.client.HTTPConnection:
+        """A new client connection (a subclass may aim elsewhere)."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
     def _client(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = self.connection()
+        headers = {} if self.keepalive else {"Connection": "close"}
         while not self._stop.is_set() and time.monotonic() < self._deadline:
+            pid = None
             try:
-                conn.request("GET", "/")
+                conn.request("GET", "/", headers=headers)
                 response = conn.getresponse()
                 response.read()
                 outcome: int | str = response.status
+                pid = response.getheader("X-Pid")
             except (OSError, http.client.HTTPException) as exc:
                 outcome = type(exc).__name__
+            if not self.keepalive or isinstance(outcome, str):
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn = self.connection()
             with self._lock:
                 if isinstance(outcome, int):
                     self.result.statuses[outcome] += 1
                 else:
                     self.result.errors[outcome] += 1
+                if pid is not None:
+                    self.result.pids[pid] += 1
         conn.close()
