@@ -372,17 +372,18 @@ def _child_setup(spec: SpawnSpec, supervisor_pid: int) -> Callable[[], None]:
     groups, gid and uid, then the parent-death signal, because the kernel
     clears that signal whenever the credentials change.
     """
-    user = _user_name(spec.uid)
+    # The user's groups are looked up here, before the fork: in the child
+    # only calls that take no lock are safe (another thread of the arbiter,
+    # a hook's or the stats sampler's, may hold the user database's lock at
+    # the fork, and initgroups() would wait on it forever).
+    groups = _supplementary_groups(spec.uid, spec.gid)
     libc = ctypes.CDLL(None, use_errno=True)
 
     def setup() -> None:
         for resource_id, limits in spec.rlimits.items():
             resource.setrlimit(resource_id, limits)
         if spec.gid is not None:
-            if user is not None:
-                os.initgroups(user, spec.gid)
-            else:
-                os.setgroups([spec.gid])
+            os.setgroups(groups)
             os.setresgid(spec.gid, spec.gid, spec.gid)
         if spec.uid is not None:
             os.setresuid(spec.uid, spec.uid, spec.uid)
@@ -395,10 +396,15 @@ def _child_setup(spec: SpawnSpec, supervisor_pid: int) -> Callable[[], None]:
     return setup
 
 
-def _user_name(uid: int | None) -> str | None:
-    if uid is None:
-        return None
+def _supplementary_groups(uid: int | None, gid: int | None) -> list[int]:
+    """The groups of the user ``uid`` (with ``gid``), as login would set
+    them; just ``gid`` for a uid without a name."""
+    if gid is None:
+        return []
     try:
-        return pwd.getpwuid(uid).pw_name
+        user = pwd.getpwuid(uid).pw_name if uid is not None else None
     except KeyError:
-        return None
+        user = None
+    if user is None:
+        return [gid]
+    return os.getgrouplist(user, gid)
