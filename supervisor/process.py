@@ -310,8 +310,9 @@ def spawn(
             stderr=_stream_target(spec.stderr, stderr),
             pass_fds=pass_fds,
             process_group=0,
-            # The arbiter is single-threaded, so preexec_fn is safe here; it
-            # is the only way to order rlimits, credentials and PDEATHSIG.
+            # preexec_fn is the only way to order rlimits, credentials and
+            # PDEATHSIG; it makes only lock-free calls (see _child_setup),
+            # as other threads of the arbiter may hold locks at the fork.
             preexec_fn=_child_setup(spec, os.getpid()),  # noqa: PLW1509
         )
     except (OSError, subprocess.SubprocessError) as exc:
