@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 Command = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
+# More processes than this in one watcher is a typo (incr web 10000000),
+# and spawning them would exhaust the machine before anyone noticed.
+MAX_PROCESSES = 10_000
+
+
 class Commands:
     """Dispatches control requests to the arbiter and its watchers."""
 
@@ -174,6 +179,11 @@ class Commands:
         if not isinstance(step, int) or step < 0:
             raise CommandError("the count must be a whole number of 0 or more")
         target = watcher.numprocesses + sign * step
+        if target > MAX_PROCESSES:
+            raise CommandError(
+                f"{watcher.name}: {target} processes is more than one watcher "
+                f"may have ({MAX_PROCESSES})"
+            )
         if watcher.config.singleton and target > 1:
             raise CommandError(f"{watcher.name} is a singleton: at most 1 process")
         await watcher.set_numprocesses(target)

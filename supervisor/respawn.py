@@ -14,6 +14,7 @@ load" (4) codes would fail the same way again: the watcher rests for
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -188,7 +189,9 @@ class RespawningWatcher(SpareWatcher):
         self._spawning += reserved
         new: list[Process] = []
         try:
-            for _ in range(reserved):
+            for index in range(reserved):
+                if index:
+                    await self._pause_between_spawns()
                 process = await self._spawn()
                 self._spawning -= 1
                 reserved -= 1
@@ -197,3 +200,9 @@ class RespawningWatcher(SpareWatcher):
         finally:
             self._spawning -= reserved
         return new
+
+    async def _pause_between_spawns(self) -> None:
+        """warmup_delay apart, as Circus spaced them; and in any case a turn
+        of the loop, so that spawning hundreds of processes never holds up
+        the control channel or another watcher."""
+        await asyncio.sleep(self.config.warmup_delay)

@@ -170,3 +170,14 @@ class EventLog:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def test_incr_past_the_ceiling_is_refused_and_spawns_nothing(juggler):
+    sup = juggler(IDLE.replace("autostart = false", "autostart = true"))
+    done = sup.ctl("incr", "idle", "100000")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line == (
+        "error: idle: 100001 processes is more than one watcher may have (10000)"
+    )
+    assert len(sup.serving("idle")) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -379,3 +380,19 @@ def test_a_broken_loggerconfig_stops_the_start_in_one_line(tmp_path):
         assert line.startswith(f"error: loggerconfig {tmp_path}/logging.json: ")
     finally:
         sup.stop()
+
+
+def test_warmup_delay_spaces_the_spawns_of_a_watcher(supervisor):
+    # As Circus did: warmup_delay seconds between two spawns of a watcher.
+    sup = supervisor(
+        """
+[watcher:slow]
+cmd = sleep 60
+numprocesses = 3
+warmup_delay = 0.4
+"""
+    )
+    sup.wait_log("ready: slow[", count=3)
+    ages = sorted(p["age"] for p in sup.status()["slow"]["processes"])
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ages)]
+    assert all(gap >= 0.39 for gap in gaps), ages
