@@ -161,7 +161,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         request = _request_args(args)
         timeout = reply_timeout(args.command, args.timeout)
-        where = endpoints.parse(args.endpoint)
+        where = endpoints.for_client(args.endpoint)
         token = endpoints.read_token(args.token_file) if args.token_file else None
         with Client(where, token=token, timeout=timeout) as client:
             if args.command == "events":

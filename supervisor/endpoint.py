@@ -16,6 +16,7 @@ directory, where the CLI of the same user finds it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import socket
@@ -68,6 +69,26 @@ def parse(text: str | None) -> Endpoint:
     raise SupervisorError(
         f"endpoint {text!r}: expected ipc:///path, unix:///path or tcp://HOST:PORT"
     )
+
+
+def for_client(text: str | None) -> Endpoint:
+    """Where the CLI connects: ``text`` if given, else the default socket.
+
+    With no default socket, a juggler of this user that listens on TCP
+    (most Circus configs name tcp://127.0.0.1:5555) is found by the token it
+    generated in the runtime directory: when there is exactly one, its name
+    says the address, and no --endpoint is needed.
+    """
+    default = parse(text)
+    if text or os.path.exists(default.path):
+        return default
+    found = sorted(glob.glob(os.path.join(runtime_dir(), "tcp-*-*.token")))
+    if len(found) != 1:
+        return default
+    host, _, port = os.path.basename(found[0])[4:-6].rpartition("-")
+    if not port.isdigit():
+        return default
+    return Endpoint("tcp", host=host, port=int(port))
 
 
 def is_live(path: str) -> bool:

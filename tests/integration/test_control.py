@@ -7,11 +7,19 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import time
 
 import pytest
 from control_support import control_path, free_port, raw_exchange
-from harness import APPS_DIR, SupervisorProcess, http_get, runner_command, wait_for
+from harness import (
+    APPS_DIR,
+    SupervisorProcess,
+    http_get,
+    juggler_command,
+    runner_command,
+    wait_for,
+)
 
 CONFIG = """
 [socket:web]
@@ -347,9 +355,21 @@ def test_circus_tcp_endpoint_without_token_gets_a_generated_one(
     token_file = tmp_path / "juggler" / f"tcp-127.0.0.1-{port}.token"
     assert f"is in {token_file}" in sup.log()
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    # The same user's CLI finds the token on its own.
+    # The same user's CLI finds the token on its own, and with no endpoint
+    # given, the daemon too (by that token's name), as circusctl found
+    # circusd on tcp://127.0.0.1:5555 with no option.
     sup.endpoint = f"tcp://127.0.0.1:{port}"
     assert sup.ctl_json("numwatchers") == 1
+    env = {k: v for k, v in os.environ.items() if k != "JUGGLER_ENDPOINT"}
+    done = subprocess.run(
+        [*juggler_command(), "--json", "numwatchers"],
+        env={**env, "XDG_RUNTIME_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
     # A stranger without it gets nothing.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
         client.sendall(b'{"command": "list"}\n')
