@@ -181,3 +181,33 @@ def test_incr_past_the_ceiling_is_refused_and_spawns_nothing(juggler):
         "error: idle: 100001 processes is more than one watcher may have (10000)"
     )
     assert len(sup.serving("idle")) == 1
+
+
+def test_tables_for_people_hold_what_the_json_holds(juggler):
+    sup = juggler(WEB)
+    sup.wait_log("ready: web[", count=2)
+    pids = sup.serving("web")
+
+    stats = sup.ctl("stats", "web")
+    assert stats.returncode == 0, stats.stderr
+    header, *rows = stats.stdout.splitlines()
+    assert header.split() == [
+        "watcher", "wid", "pid", "cpu%", "rss", "MiB", "fds", "threads", "conns", "age",
+    ]  # fmt: skip
+    by_pid = {int(row.split()[2]): row.split() for row in rows}
+    assert set(pids) <= set(by_pid)
+    for pid in pids:
+        assert by_pid[pid][0] == "web" and float(by_pid[pid][4]) > 1  # RSS MiB
+
+    sockets = sup.ctl("listsockets")
+    listed = sup.ctl_json("listsockets")
+    assert sockets.stdout.split() == [
+        listed[0]["name"], f"fd={listed[0]['fd']}", listed[0]["location"],
+    ]  # fmt: skip
+
+    status = sup.ctl("status", "web").stdout.splitlines()
+    assert status[0] == "web: running (2/2 processes, 0 restarts)"
+    for pid in pids:
+        assert any(f"pid={pid} " in line and "ready" in line for line in status[1:])
+    assert sup.ctl("numprocesses", "web").stdout == "2\n"
+    assert sup.ctl("list").stdout == "web\n"
