@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 
-from harness import juggler_command, wait_for
+from harness import juggler_command, stop_group, wait_for
 
 STUBBORN = """
 [watcher:stubborn]
@@ -92,3 +93,40 @@ def test_events_cli_prints_lines_and_ends_with_one_when_juggler_stops(juggler):
         if events.poll() is None:
             events.kill()
             events.wait()
+
+
+def test_events_json_is_one_message_per_line(juggler):
+    sup = juggler(
+        STUBBORN.replace("stubborn.py", "stubborn.py\nstop_signal = KILL"),
+        extra_args=["--log-level", "debug"],
+    )
+    sup.wait_log("spawned: stubborn[1]")
+    out_path = f"{sup.tmp}/events.json"
+    with open(out_path, "w") as out:
+        events = subprocess.Popen(
+            [*juggler_command(), "--endpoint", sup.endpoint, "events", "--json"],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        sup.wait_log("control: events subscriber")
+        victim = sup.serving("stubborn")[0]
+        os.kill(victim, signal.SIGKILL)
+
+        def exits() -> list[dict[str, object]]:
+            # As the protocol sends them: {"event": {...}} (or {"dropped": N}).
+            with open(out_path) as f:
+                messages = [json.loads(line) for line in f if line.endswith("\n")]
+            events = [m["event"] for m in messages if "event" in m]
+            return [e for e in events if e["topic"] == "exit"]
+
+        wait_for(exits, message="an exit event")
+        [event] = exits()
+        assert (event["watcher"], event["pid"], event["how"]) == (
+            "stubborn",
+            victim,
+            "signal=SIGKILL",
+        )
+    finally:
+        stop_group(events)
