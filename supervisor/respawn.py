@@ -7,6 +7,9 @@ its place if there is one -- and consecutive fast deaths back off, up to
 watcher whose processes keep dying young, retries after ``retry_in`` and
 gives up after ``max_retry``. A stop the operator asked for never counts.
 
+With ``respawn = false`` nothing is respawned, and a watcher whose last
+process is gone is stopped, as in Circus, so that ``start`` brings it back.
+
 A process that exits with the runner's "cannot boot" (3) or "app failed to
 load" (4) codes would fail the same way again: the watcher rests for
 ``retry_in`` at once, as if flapping.
@@ -65,8 +68,21 @@ class RespawningWatcher(SpareWatcher):
         if self.state not in (WatcherState.RUNNING, WatcherState.STARTING):
             return
         if not self.config.respawn:
+            self._background.run(self._stop_when_none_left())
             return
         self._after_unexpected_exit(process)
+
+    async def _stop_when_none_left(self) -> None:
+        """respawn = false: once its last process is gone the watcher is
+        stopped, as in Circus, so that ``start`` spawns its processes again
+        (a start leaves a running watcher alone, even one with none left)."""
+        async with self._lock:
+            if self._serving() or self._spawning:
+                return
+            if self.state not in (WatcherState.RUNNING, WatcherState.STARTING):
+                return
+            log.info("not respawning: %s has no process left; stopping it", self.name)
+            await self._stop()
 
     def _log_unexpected_exit(self, process: Process, how: str) -> None:
         status = process.exit_status
