@@ -36,8 +36,9 @@ import shutil
 import signal
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
-from juggler.supervisor import endpoint, notify, reload
+from juggler.supervisor import endpoint, lifeline, notify, reload
 from juggler.supervisor import sockets as sockets_mod
 from juggler.supervisor.commands import Commands
 from juggler.supervisor.config import ArbiterConfig, WatcherConfig, to_uid
@@ -57,6 +58,9 @@ from juggler.supervisor.watcher import RestartFailed, Watcher
 log = logging.getLogger("juggler.supervisor")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# What asyncio calls an accept that failed for want of descriptors or memory.
+ACCEPT_FAILED = "socket.accept() out of system resource"
+ACCEPT_LOG_INTERVAL = 10.0
 
 
 class Arbiter:
@@ -79,6 +83,9 @@ class Arbiter:
 
     async def run(self) -> int:
         """Start everything, react to signals until told to stop, clean up."""
+        # First of all, before any thread or child: see lifeline.py.
+        lifeline.start()
+        asyncio.get_running_loop().set_exception_handler(LoopErrors())
         self.install_signal_handlers()
         raise_descriptor_limit()
         self.runtime_dir = notify.make_runtime_dir()
@@ -95,6 +102,7 @@ class Arbiter:
             await self._react_to_signals()
         finally:
             await self.shutdown()
+            lifeline.close()
         return 0
 
     def install_signal_handlers(self) -> None:
@@ -300,6 +308,33 @@ class Arbiter:
             )
         steps = reload.plan(self.config, new)
         await reload.Transaction(self, new, steps).run()
+
+
+class LoopErrors:
+    """The loop's exception handler: one line for an accept that fails.
+
+    Out of descriptors, asyncio (3.11) reports a failed accept of the
+    control socket once for each connection it could have taken (100), and
+    again each second while a client waits: a hundred tracebacks a second
+    for one cause. Said once per ``ACCEPT_LOG_INTERVAL`` here; anything
+    else goes to asyncio's own handler.
+    """
+
+    def __init__(self) -> None:
+        self._logged_at = -ACCEPT_LOG_INTERVAL
+
+    def __call__(
+        self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]
+    ) -> None:
+        if context.get("message") != ACCEPT_FAILED:
+            loop.default_exception_handler(context)
+            return
+        if loop.time() - self._logged_at >= ACCEPT_LOG_INTERVAL:
+            self._logged_at = loop.time()
+            log.error(
+                "control: cannot accept a connection: %s; retrying each second",
+                context.get("exception"),
+            )
 
 
 def raise_descriptor_limit() -> None:

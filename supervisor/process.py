@@ -10,7 +10,8 @@ Its death is seen through a pidfd registered with the event loop: the loop
 wakes the moment the child exits, with no polling interval and no SIGCHLD
 handler. Signals go through the same pidfd (``pidfd_send_signal``), and the
 pidfd is closed once the child is reaped, so a signal can never reach a
-recycled pid.
+recycled pid. When a child that was told to stop exits, whatever it left
+in its group is killed before the reap: a stop leaves no process behind.
 
 A watcher with an output stream gets a pipe per stream (``OutputPipe``):
 the loop reads it as data arrives, so the child never blocks on a full
@@ -153,6 +154,8 @@ class Process:
         return True
 
     def _on_pidfd_readable(self) -> None:
+        if self.stopping and self._has_exited():
+            self._kill_leftovers()
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
@@ -160,6 +163,22 @@ class Process:
         if pid == 0:
             return  # spurious wake-up; the child still runs
         self._reaped(status)
+
+    def _has_exited(self) -> bool:
+        """Whether the child has exited, without reaping it."""
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        try:
+            return os.waitid(os.P_PID, self.pid, flags) is not None
+        except ChildProcessError:
+            return False  # reaped elsewhere: its number may be reused
+
+    def _kill_leftovers(self) -> None:
+        """A stop leaves nothing behind: kill what the process started and
+        left in its group. Done before the reap, while the dead process
+        still holds the group's number, so that no other group can have
+        taken it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
 
     def _reaped(self, status: int) -> None:
         loop = asyncio.get_running_loop()

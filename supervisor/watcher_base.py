@@ -24,6 +24,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from juggler.supervisor import lifeline
 from juggler.supervisor import process as proc
 from juggler.supervisor.background import Background
 from juggler.supervisor.config_model import WatcherConfig
@@ -147,6 +148,11 @@ class WatcherBase(abc.ABC):
         self._spawn_failures = 0
         process.on_trial = on_trial
         self.processes[process.pid] = process
+        # If the arbiter dies, the lifeline stops the group as a stop would.
+        lifeline.watch(
+            process.pid, self.config.stop_signal, self.config.graceful_timeout
+        )
+        process.exited.add_done_callback(lambda _: lifeline.forget(process.pid))
         process.exited.add_done_callback(lambda _: self._on_exit(process))
         log.info("spawned: %r%s", process, " (spare)" if spare else "")
         self._events.emit("spawn", watcher=self.name, wid=wid, pid=process.pid)
