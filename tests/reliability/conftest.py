@@ -26,11 +26,12 @@ import datetime
 import os
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness import SupervisorProcess
 
 SCENARIO_TIMEOUT = 30
 TIMING_SLACK = 4.0
@@ -145,6 +146,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     path = Path(os.environ.get("JUGGLER_RELIABILITY_SUMMARY", DEFAULT_SUMMARY))
     path.write_text(f"{_header()}\n{table}\n")
     terminalreporter.write_line(f"written to {path}")
+
+
+Started = Callable[..., SupervisorProcess]
+
+
+@pytest.fixture
+def juggler(cleanup: list[object]) -> Started:
+    """``juggler(config, wait="started:", env=..., extra_args=...)`` starts a
+    real supervisor (``wait``: the log line to wait for, None for none),
+    stopped at teardown."""
+
+    def start(
+        config: str, wait: str | None = "started:", **kwargs: object
+    ) -> SupervisorProcess:
+        sup = SupervisorProcess(config, **kwargs)  # type: ignore[arg-type]
+        cleanup.append(sup)
+        sup.start(wait=wait)
+        return sup
+
+    return start
 
 
 @pytest.fixture

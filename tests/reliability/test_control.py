@@ -48,19 +48,6 @@ NOBODY = 65534
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to be nobody")
 
 
-@pytest.fixture
-def juggler(cleanup: list[object]) -> Started:
-    def start(
-        config: str, wait: str | None = "started:", **kwargs: object
-    ) -> SupervisorProcess:
-        sup = SupervisorProcess(config, **kwargs)  # type: ignore[arg-type]
-        cleanup.append(sup)
-        sup.start(wait=wait)
-        return sup
-
-    return start
-
-
 def request_line(command: str, **fields: object) -> bytes:
     return json.dumps({"command": command, **fields}).encode() + b"\n"
 

@@ -68,19 +68,6 @@ graceful_timeout = 5
 """
 
 
-@pytest.fixture
-def juggler(cleanup: list[object]) -> Started:
-    """``juggler(config)`` starts a real supervisor, stopped at teardown."""
-
-    def start(config: str) -> SupervisorProcess:
-        sup = SupervisorProcess(config)
-        cleanup.append(sup)
-        sup.start()
-        return sup
-
-    return start
-
-
 def processes(sup: SupervisorProcess, watcher: str) -> list[Status]:
     status: Status = sup.status()
     return list(status[watcher]["processes"])

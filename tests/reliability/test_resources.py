@@ -40,19 +40,6 @@ from juggler.supervisor.stream_lines import CONTINUED, MAX_LINE
 Started = Callable[..., SupervisorProcess]
 
 
-@pytest.fixture
-def juggler(cleanup: list[object]) -> Started:
-    """``juggler(config)`` starts a real supervisor, stopped at teardown."""
-
-    def start(config: str) -> SupervisorProcess:
-        sup = SupervisorProcess(config)
-        cleanup.append(sup)
-        sup.start()
-        return sup
-
-    return start
-
-
 class ControlClient:
     """One connection to a supervisor's control socket, kept open."""
 

@@ -87,21 +87,6 @@ spare_processes = 0
 SOCKET_OF = {"a": "a", "b": "b", "c": "b"}
 
 
-@pytest.fixture
-def juggler(cleanup: list[object]) -> Started:
-    """``juggler(config, env=...)`` starts a real supervisor."""
-
-    def start(
-        config: str, wait: str | None = "started:", **kwargs: object
-    ) -> SupervisorProcess:
-        sup = SupervisorProcess(config, **kwargs)  # type: ignore[arg-type]
-        cleanup.append(sup)
-        sup.start(wait=wait)
-        return sup
-
-    return start
-
-
 class Killer:
     """Pids to SIGKILL at teardown (grandchildren that outlive a stop)."""
 
