@@ -93,6 +93,14 @@ class ServeOptions:
     # 60 s by default) or the proxy may reuse a connection the backend is
     # closing and answer 502.
     keepalive_timeout: float = 75.0
+    # Seconds a request head may take to arrive, from its first byte: a
+    # client that trickles one (slowloris) is answered 408 and closed then,
+    # however often it sends a byte.
+    header_timeout: float = 30.0
+    # Seconds a request body may pause, or a client not read its response,
+    # before the connection is dropped: a limit on each wait without
+    # progress, not on the whole transfer.
+    io_timeout: float = 30.0
     # Greenlets (gevent family) or threads (threaded servers) per worker;
     # None lets the backend choose its own default.
     concurrency: int | None = None

@@ -14,43 +14,43 @@ keep-alive connections are closed, and any response still to be written
 carries ``Connection: close``. Then the pool gets ``graceful_timeout`` to
 empty; what is left is killed.
 
-pywsgi is adapted through a handler subclass rather than a per-request
-wrapper: the environ conventions, the keep-alive timeout and the head limits
-all sit on the path pywsgi takes anyway, and cost nothing extra per request.
-A ``--keepalive-timeout`` of 0 or less turns keep-alive off.
+pywsgi is adapted through a handler subclass (``gevent_pywsgi``) rather
+than a per-request wrapper: the environ conventions, the keep-alive
+timeout, the head limits and a strict parse of the head all sit on the
+path pywsgi takes anyway. The head is read and checked by ``http11_strict``
+(pywsgi alone takes two Content-Lengths, a Content-Length beside a
+Transfer-Encoding, or bare LF line ends, and lets request smuggling
+through), and pywsgi then parses the fields as that check read them. A
+``--keepalive-timeout`` of 0 or less turns keep-alive off. A head must
+arrive within ``--header-timeout`` of its first byte (a ``gevent.Timeout``);
+past it, each read of the body and write of the response has
+``--io-timeout`` to make progress.
 
 Known shortcomings:
 
 - Three of the overrides are private to pywsgi (``_handle_client_error``,
   ``_log_error``, ``_write``); a gevent release may rename them. The tests
   catch that; the fix is to follow the rename.
-- The keep-alive timeout ends when the head is read: a client that stalls
-  in the middle of a body holds its greenlet until the graceful stop kills
-  it. A body timeout would wrap ``wsgi.input`` reads in ``gevent.Timeout``.
 - A request that reaches an idle keep-alive connection just as the drain
   closes it is lost; proxies retry such requests when they are idempotent.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
 import socket
-from collections.abc import Iterable
-from http import HTTPStatus
 from typing import Any
 
 from juggler.backends.base import (
     App,
     Backend,
-    HeadLimits,
     ServeContext,
     ServeOptions,
     require,
 )
-from juggler.backends.http11_limits import HttpError, read_field_lines
+from juggler.backends.gevent_pywsgi import server_class_for_gevent
 from juggler.backends.signals import STOP_SIGNALS, exit_now
 
 log = logging.getLogger("juggler.backends.gevent")
@@ -161,7 +161,7 @@ def _make_server(sock: socket.socket, app: App, options: ServeOptions) -> Any:
     # hub. The flag lives on the open file description that the siblings
     # share, which every event-loop backend needs and threaded ones tolerate.
     sock.setblocking(False)
-    server_class = _server_class()
+    server_class = server_class_for_gevent()
     return server_class(
         sock,
         app,
@@ -211,178 +211,3 @@ def _drain(server: Any, graceful_timeout: float) -> None:
         os.getpid(),
     )
     server.pool.kill(block=True, timeout=KILL_TIMEOUT)
-
-
-# -- pywsgi subclasses ----------------------------------------------------------
-#
-# They derive from gevent's classes, so they are built on first use: this
-# module must import without gevent installed (``runner backends`` lists it).
-
-
-class HeadTooLarge(ValueError):
-    """A request head over one of the limits; pywsgi answers and closes."""
-
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.response = (
-            f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        ).encode("latin-1")
-
-
-def read_head_fields(fp: Any, limits: HeadLimits) -> bytes:
-    """Read header lines up to the blank line, enforcing the head limits.
-
-    pywsgi answers a ValueError with 400; a HeadTooLarge with its status.
-    """
-    try:
-        return read_field_lines(fp, limits)
-    except HttpError as exc:
-        if exc.status == 400:
-            raise ValueError(exc.detail) from None
-        phrase = HTTPStatus(exc.status).phrase
-        raise HeadTooLarge(f"{exc.status} {phrase}", exc.detail) from None
-
-
-def _has_header(headers: Iterable[tuple[str, str]], name: str) -> bool:
-    return any(key.lower() == name for key, _ in headers)
-
-
-@functools.cache
-def _server_class() -> type[Any]:
-    """Build the WSGIHandler and WSGIServer subclasses (needs gevent)."""
-    from email.parser import Parser
-
-    import gevent
-    from gevent import pywsgi
-
-    # What http.client.parse_headers does once it has the lines; calling it
-    # would read them again under its own limits (100 lines, counting the
-    # blank one), which would refuse a head that ours admits.
-    header_parser = Parser(_class=pywsgi.OldMessage)
-
-    class Handler(pywsgi.WSGIHandler):  # type: ignore[misc]
-        """pywsgi's handler with juggler's limits, timeouts and environ."""
-
-        requests_seen = 0
-        # True while waiting for a request after the first one: the state in
-        # which a draining worker may close the connection.
-        idle = False
-
-        def handle(self) -> None:
-            self.greenlet = gevent.getcurrent()
-            self.server.connections.add(self)
-            try:
-                super().handle()
-            finally:
-                self.server.connections.discard(self)
-
-        def read_requestline(self) -> str:
-            if self.requests_seen and not self.server.keep_open:
-                return ""  # pywsgi closes the connection on an empty line
-            self.requests_seen += 1
-            # The keep-alive timeout covers the wait for a request and the
-            # reading of its head; get_environ lifts it before the app runs.
-            self.socket.settimeout(self.server.keepalive_timeout)
-            self.idle = self.requests_seen > 1
-            try:
-                limit = self.server.limits.max_request_line
-                line: bytes = self.rfile.readline(limit + 3)
-            finally:
-                self.idle = False
-            return line.decode("latin-1")
-
-        def read_request(self, raw_requestline: str) -> Any:
-            limit = self.server.limits.max_request_line
-            if len(raw_requestline.rstrip("\r\n")) > limit:
-                raise HeadTooLarge(
-                    "414 Request-URI Too Long",
-                    f"request line longer than {limit} bytes",
-                )
-            return super().read_request(raw_requestline)
-
-        def MessageClass(self, fp: Any, *args: Any) -> Any:
-            head = read_head_fields(fp, self.server.limits)
-            return header_parser.parsestr(head.decode("latin-1"))
-
-        def _handle_client_error(self, ex: Exception) -> Any:
-            if isinstance(ex, HeadTooLarge):
-                log.info(
-                    "rejected: %s from %s (%s) pid=%d",
-                    ex.status,
-                    self.client_address or "unix peer",
-                    ex,
-                    os.getpid(),
-                )
-                return (ex.status.split()[0], ex.response)
-            return super()._handle_client_error(ex)
-
-        def get_environ(self) -> dict[str, Any]:
-            self.socket.settimeout(None)
-            environ: dict[str, Any] = super().get_environ()
-            if not isinstance(self.client_address, tuple):
-                # A UNIX peer: pywsgi leaves REMOTE_ADDR out altogether.
-                environ["REMOTE_ADDR"] = ""
-            return environ
-
-        def start_response(
-            self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            if not self.server.keep_open:
-                if not _has_header(headers, "connection"):
-                    headers = [*headers, ("Connection", "close")]
-                self.close_connection = True
-            return super().start_response(status, headers, exc_info)
-
-        def finalize_headers(self) -> None:
-            super().finalize_headers()
-            if self.command == "HEAD":
-                self.response_use_chunked = False  # no closing chunk either
-
-        def _write(self, data: bytes) -> None:
-            # WSGI leaves HEAD to the app, and pywsgi sends whatever body it
-            # returns: a keep-alive client would read it as the next response.
-            if self.command != "HEAD":
-                super()._write(data)
-
-        def _log_error(self, t: type[BaseException], v: Any, tb: Any) -> None:
-            # pywsgi hands app errors to the hub, which prints to stderr;
-            # they belong in our log, with the traceback.
-            if not issubclass(t, gevent.GreenletExit):
-                log.error(
-                    "app error: %s %s pid=%d",
-                    t.__name__,
-                    self.requestline,
-                    os.getpid(),
-                    exc_info=(t, v, tb),
-                )
-
-    class Server(pywsgi.WSGIServer):  # type: ignore[misc]
-        """pywsgi's server with the options the handlers read."""
-
-        handler_class = Handler
-
-        def __init__(
-            self, sock: socket.socket, app: App, options: ServeOptions, **kw: Any
-        ) -> None:
-            super().__init__(sock, app, **kw)
-            self.limits = options.limits
-            timeout = options.keepalive_timeout
-            self.keepalive_timeout = timeout if timeout > 0 else None
-            self.keepalive = timeout > 0
-            self.draining = False
-            self.connections: set[Handler] = set()
-
-        @property
-        def keep_open(self) -> bool:
-            """Whether a connection may stay open after this response."""
-            return self.keepalive and not self.draining
-
-        def close_idle_connections(self) -> int:
-            idle = [handler for handler in self.connections if handler.idle]
-            for handler in idle:
-                # GreenletExit at its read; pywsgi then closes the socket.
-                handler.greenlet.kill(block=False)
-            return len(idle)
-
-    return Server

@@ -26,10 +26,6 @@ from dataclasses import dataclass
 from juggler.backends.base import HeadLimits
 
 RECV_SIZE = 65536
-# The whole request head must arrive within this many seconds of the server
-# starting to read it. A client trickling a head slower than that (slowloris)
-# is answered 408 and closed, whatever the per-recv timeout is.
-HEAD_TIMEOUT = 30.0
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _REQUEST_LINE = re.compile(rb"(%s+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)" % _TCHAR)
@@ -80,7 +76,7 @@ def parse_head(head: bytes, limits: HeadLimits) -> Request:
     if newlines != head.count(b"\r\n") or head.count(b"\r") != newlines:
         raise HttpError(400, "bare CR or LF in the request head")
     lines = head.split(b"\r\n")
-    method, target, version = _request_line(lines[0], limits)
+    method, target, version = parse_request_line(lines[0], limits)
     if len(lines) - 1 > limits.max_header_count:
         raise HttpError(431, f"more than {limits.max_header_count} header fields")
     headers = []
@@ -94,7 +90,8 @@ def parse_head(head: bytes, limits: HeadLimits) -> Request:
     return _frame(method, target, version, headers)
 
 
-def _request_line(line: bytes, limits: HeadLimits) -> tuple[str, str, str]:
+def parse_request_line(line: bytes, limits: HeadLimits) -> tuple[str, str, str]:
+    """Method, target and version of a request line (without its CRLF)."""
     if len(line) > limits.max_request_line:
         raise HttpError(414, f"request line over {limits.max_request_line} bytes")
     match = _REQUEST_LINE.fullmatch(line)
@@ -204,7 +201,11 @@ class Reader:
         self.buf = bytearray()
 
     def read_head(self, limits: HeadLimits, deadline: float) -> bytes | None:
-        """The next request head, or None if the client closed first."""
+        """The next request head, or None if the client closed first.
+
+        The whole head must arrive by ``deadline``: a client trickling one
+        (slowloris) is answered 408, whatever the per-recv timeout is.
+        """
         buf = self.buf
         start = 0  # where the search for the empty line resumes
         scan = PartialHead(limits)
@@ -234,7 +235,7 @@ class Reader:
     def _recv_head(self, deadline: float, recvs: int) -> bool:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise HttpError(408, f"request head not complete in {HEAD_TIMEOUT:g}s")
+            raise HttpError(408, "request head not complete by its deadline")
         # The first recv keeps the usual timeout (it usually finds the data
         # waiting); later ones are cut short at the head's deadline. Setting
         # a timeout costs a system call, hence not on every request.
@@ -281,6 +282,23 @@ class Reader:
         if not line.endswith(b"\r\n") or b"\r" in line[:-2] or len(line) > limit:
             raise HttpError(400, "malformed line in a chunked body")
         return line[:-2]
+
+
+def head_ready(buf: bytes | bytearray, limits: HeadLimits) -> bool:
+    """Whether ``buf`` can be read without waiting for more: it holds a
+    complete head, or one already past the limits (to be refused)."""
+    start = 0
+    while buf.startswith(b"\r\n", start):
+        start += 2
+    if buf.find(b"\r\n\r\n", start) >= 0:
+        return True
+    if start == len(buf):
+        return False
+    try:
+        PartialHead(limits, start).check(buf)
+    except HttpError:
+        return True
+    return False
 
 
 class PartialHead:

@@ -1,19 +1,20 @@
-"""The request-head limits, for servers that do not check them all.
+"""The request-head limits on ASGI scopes, and a guard for ASGI responses.
 
 ``HeadLimits`` is one policy for every backend: a request line longer than
 ``max_request_line`` gets 414, more than ``max_header_count`` fields or one
 field longer than ``max_header_size`` get 431; a field is counted as its
-line, ``Name: value`` without the CRLF. wsgiref's parser (``http11``)
-applies it as it reads. The other servers are adapted with the pieces
-below, each used where its server lets an adapter see the head:
+line, ``Name: value`` without the CRLF. Where an adapter sees the head's
+bytes, ``http11`` applies it as it parses (``http11_strict`` puts that parse
+in front of other servers' parsers). What is left is here:
 
-- ``read_field_lines`` reads the header lines from a buffered file, for
-  servers that parse with ``readline`` (http.server under werkzeug, gevent's
-  pywsgi), so that their own bounds never apply;
-- ``check_head`` checks a complete head given as bytes (waitress);
 - ``scope_refusal`` checks an ASGI scope, the head as the server's parser
-  left it (uvicorn, hypercorn); ``HeadLimited`` puts that check in front
-  of an ASGI app and ``refuse`` answers from ASGI.
+  left it (hypercorn's WSGI side), and ``refuse`` answers from ASGI;
+- ``AsgiGuard`` puts that check in front of an ASGI app, and checks the
+  head of the app's response: a status line or a field with CR, LF or NUL
+  in it would let a client's input write headers of its own (response
+  splitting). uvicorn and hypercorn then drop the connection without an
+  answer; here the app's ``send`` raises instead, and the server answers
+  500 as for any app error.
 
 Each costs one pass over the head and no system call. A head that never
 ends is bounded elsewhere: by ``http11.PartialHead`` where we see the bytes
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -33,60 +35,24 @@ from juggler.backends.base import HeadLimits
 from juggler.backends.http11 import HttpError
 
 __all__ = [
-    "HeadLimited",
+    "AsgiGuard",
     "HttpError",
-    "check_head",
-    "read_field_lines",
+    "LineReader",
     "refuse",
     "scope_refusal",
 ]
 
 log = logging.getLogger("juggler.backends.limits")
 
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
 
 class LineReader(Protocol):
     """A buffered binary file, as far as reading a head goes."""
 
     def readline(self, size: int | None = -1, /) -> bytes: ...
-
-
-def read_field_lines(fp: LineReader, limits: HeadLimits) -> bytes:
-    """Read header lines up to the empty one; return them, CRLFs kept.
-
-    The request line must have been read already. A line without a colon
-    is refused with 400: the email package, which http.server and pywsgi
-    parse the fields with, takes it for the end of the head and would drop
-    the fields after it.
-    """
-    lines: list[bytes] = []
-    while True:
-        # Room for CRLF plus one byte tells a line at the limit from one over.
-        line = fp.readline(limits.max_header_size + 3)
-        if line in (b"\r\n", b"\n", b""):
-            return b"".join(lines) + b"\r\n"
-        if len(line.rstrip(b"\r\n")) > limits.max_header_size:
-            raise HttpError(431, f"a header field over {limits.max_header_size} bytes")
-        if b":" not in line and line[:1] not in (b" ", b"\t"):
-            raise HttpError(400, f"header line without a colon: {line[:40]!r}")
-        lines.append(line)
-        if len(lines) > limits.max_header_count:
-            raise HttpError(431, f"more than {limits.max_header_count} header fields")
-
-
-def check_head(head: bytes, limits: HeadLimits) -> None:
-    """Check a complete head: request line, then fields, CRLF-separated.
-
-    The empty line that ends the head may be included.
-    """
-    lines = head.split(b"\r\n")
-    while len(lines) > 1 and not lines[-1]:
-        lines.pop()
-    if len(lines[0]) > limits.max_request_line:
-        raise HttpError(414, f"request line over {limits.max_request_line} bytes")
-    if len(lines) - 1 > limits.max_header_count:
-        raise HttpError(431, f"more than {limits.max_header_count} header fields")
-    if max(map(len, lines[1:]), default=0) > limits.max_header_size:
-        raise HttpError(431, f"a header field over {limits.max_header_size} bytes")
 
 
 def scope_refusal(scope: dict[str, Any], limits: HeadLimits) -> HttpError | None:
@@ -138,10 +104,11 @@ async def refuse(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class HeadLimited:
-    """An ASGI 3 app behind the head limits: a refused request never reaches it.
+class AsgiGuard:
+    """An ASGI 3 app behind the head limits, its response head checked.
 
-    Lifespan and websocket scopes pass through untouched.
+    A refused request never reaches the app. Lifespan and websocket scopes
+    pass through untouched.
     """
 
     __slots__ = ("app", "limits")
@@ -151,13 +118,33 @@ class HeadLimited:
         self.limits = limits
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            error = scope_refusal(scope, self.limits)
-            if error is not None:
-                log_refusal(error, scope.get("client"))
-                await refuse(send, error, scope["method"])
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        error = scope_refusal(scope, self.limits)
+        if error is not None:
+            log_refusal(error, scope.get("client"))
+            await refuse(send, error, scope["method"])
+            return
+        await self.app(scope, receive, _checked(send))
+
+
+def _checked(send: Send) -> Send:
+    async def checked_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            check_asgi_response_head(message)
+        await send(message)
+
+    return checked_send
+
+
+def check_asgi_response_head(message: dict[str, Any]) -> None:
+    """Raise ValueError for a response field that would break HTTP."""
+    for name, value in message.get("headers", ()):
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid response header name {name!r}")
+        if _CONTROL.search(value):
+            raise ValueError(f"invalid value for response header {name!r}: {value!r}")
 
 
 def log_refusal(error: HttpError, peer: object) -> None:

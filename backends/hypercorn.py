@@ -26,14 +26,21 @@ contract (an int SERVER_PORT, no REMOTE_PORT, nothing for a UNIX peer) and
 which never starts a response whose body iterable is empty (a 500 for every
 empty 204 or HEAD answer).
 
-The head limits are checked on the scope before the app runs (``HeadLimited``
-for ASGI, the adapter for WSGI); h11's ``max_incomplete_event_size`` bounds
-a head that never ends. Known shortcoming: hypercorn answers a head past
-that bound with 431 even when it is the request line that has no end
-(hypercorn/protocol/h11.py, ``_handle_events``, which sends h11's status
-hint); 414 there would need a subclass of hypercorn's H11Protocol, which
-its ProtocolWrapper (hypercorn/protocol/__init__.py) builds with no hook to
-replace it.
+Each head is parsed strictly before h11 parses it (``http11_strict``): h11
+takes two equal Content-Lengths, a Content-Length beside a
+Transfer-Encoding, bare LF line ends and folded lines, where a proxy in
+front may frame the request otherwise (request smuggling). hypercorn's
+ProtocolWrapper (hypercorn/protocol/__init__.py) builds its H11Protocol
+with no hook to replace it, so ``prepare`` rebinds the name it looks up to
+a subclass whose h11 connection is the strict one: the one patch this
+adapter makes to hypercorn, in the worker only.
+
+The head limits are applied by that parse and checked again on the scope
+before the app runs (``AsgiGuard`` for ASGI, the adapter for WSGI), which
+also turn a response field with CR, LF or NUL into a 500; h11's
+``max_incomplete_event_size`` bounds a head that never ends, answered 414
+when its request line has no end, 431 otherwise (by the strict connection:
+hypercorn sends h11's status hint, and h11 hints 431 for any).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import concurrent.futures
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from juggler.backends.base import (
@@ -54,9 +62,12 @@ from juggler.backends.base import (
     ServeOptions,
     require,
 )
-from juggler.backends.http11_limits import HeadLimited
+from juggler.backends.http11 import HttpError, error_response
+from juggler.backends.http11_limits import AsgiGuard, log_refusal
+from juggler.backends.http11_strict import strict_h11_connection
 from juggler.backends.hypercorn_wsgi import Receive, Scope, Send, WsgiAdapter
 from juggler.backends.signals import StopRequest
+from juggler.backends.timers import Timers
 from juggler.runner.errors import AppLoadError
 
 if TYPE_CHECKING:
@@ -82,6 +93,7 @@ class HypercornBackend(Backend):
 
     def prepare(self, options: ServeOptions) -> None:
         require("hypercorn.asyncio", self.name, self.extra)
+        _use_strict_h11(options.limits, options)
 
     def serve(self, sock: socket.socket, app: App, context: ServeContext) -> None:
         asyncio.run(_serve(sock, app, context))
@@ -126,6 +138,101 @@ async def _serve(sock: socket.socket, app: App, context: ServeContext) -> None:
         raise AppLoadError(f"the app's lifespan failed: {exc}") from None
 
 
+def _use_strict_h11(limits: HeadLimits, options: ServeOptions) -> None:
+    """Make hypercorn parse HTTP/1.1 with the strict h11 connection, with a
+    deadline for each head and a limit on a body's pauses.
+
+    hypercorn's own bound on a head is the keep-alive timeout (75 s by
+    default), and neither a body that stops half-way nor a client that
+    reads nothing is ever timed out (its ``read_timeout`` would close idle
+    keep-alive connections too). A head gets ``header_timeout`` from its
+    first bytes (408), a body ``io_timeout`` for each pause, and so does
+    each write of the response.
+    """
+    import h11
+    import hypercorn.protocol
+    from hypercorn.events import Closed, RawData
+    from hypercorn.protocol.h11 import H11Protocol
+
+    connection_class = strict_h11_connection(limits)
+
+    class StrictH11Protocol(H11Protocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.connection = connection_class(
+                h11.SERVER, max_incomplete_event_size=limits.max_head_size
+            )
+            self.timers = Timers(asyncio.get_running_loop())
+            self.send_now = self.send
+            self.send = self._send_in_time
+
+        async def _send_in_time(self, event: Any) -> None:
+            """Send; a client that takes none of it for io_timeout is cut."""
+            if not isinstance(event, RawData):
+                await self.send_now(event)
+                return
+            self.timers.arm("write", options.io_timeout, self._write_stalled)
+            try:
+                await self.send_now(event)
+            finally:
+                self.timers.cancel("write")
+
+        def _write_stalled(self) -> None:
+            # The send is hypercorn's TCPServer.protocol_send, blocked in its
+            # writer's drain(), which has no timeout: abort the transport.
+            server = getattr(self.send_now, "__self__", None)
+            writer = getattr(server, "writer", None)
+            if writer is not None:
+                log.info(
+                    "closed: a client read none of its response pid=%d", os.getpid()
+                )
+                writer.transport.abort()
+
+        async def handle(self, event: Any) -> None:
+            await super().handle(event)
+            state = self._their_state()
+            if not isinstance(event, RawData) or state is not h11.IDLE:
+                self.timers.cancel("head")
+            elif not self.timers.armed("head"):
+                self.timers.arm("head", options.header_timeout, self._later(408))
+            self.timers.cancel("body")
+            if state is h11.SEND_BODY:
+                self.timers.arm("body", options.io_timeout, self._later(None))
+
+        def _their_state(self) -> Any:
+            connection = self.connection
+            if isinstance(connection, h11.Connection):
+                return connection.their_state
+            return None  # a websocket
+
+        def _later(self, status: int | None) -> Callable[[], None]:
+            """A timer's callback: close (with ``status``) if still due."""
+
+            def fire() -> None:
+                # Kept, so the task is not collected before it runs.
+                self.late = asyncio.get_running_loop().create_task(
+                    self._too_late(status)
+                )
+
+            return fire
+
+        async def _too_late(self, status: int | None) -> None:
+            if status is None:
+                if self._their_state() is not h11.SEND_BODY:
+                    return
+                log.info("closed: a request body stalled pid=%d", os.getpid())
+            else:
+                if self._their_state() is not h11.IDLE:
+                    return
+                if not self.connection.trailing_data[0]:
+                    return  # idle: the keep-alive timeout's business
+                log_refusal(HttpError(status, "head not complete in time"), self.client)
+                await self.send(RawData(data=error_response(status)))
+            await self.send(Closed())
+
+    hypercorn.protocol.H11Protocol = StrictH11Protocol  # type: ignore[attr-defined]
+
+
 def _config(options: ServeOptions) -> Config:
     from hypercorn.config import Config
 
@@ -158,7 +265,7 @@ def _wrap(
     unix_path = sock.getsockname() if sock.family == socket.AF_UNIX else None
     if interface == "wsgi":
         return WsgiAdapter(app, config.wsgi_max_body_size, unix_path, limits)
-    limited: App = HeadLimited(app, limits)
+    limited: App = AsgiGuard(app, limits)
     if unix_path is not None:
         # hypercorn says server=None on a UNIX socket; the contract wants
         # (path, None). Only UNIX sockets pay for this wrapper.

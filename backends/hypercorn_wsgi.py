@@ -1,4 +1,5 @@
-"""WSGI apps under hypercorn: the contract's environ, and the head limits.
+"""WSGI apps under hypercorn: the contract's environ, the head limits and
+checked response heads.
 
 hypercorn calls the adapter as ``(scope, receive, send, sync_spawn,
 call_soon)``: ``sync_spawn`` runs a function in the loop's default executor
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from juggler.backends.base import App, HeadLimits
+from juggler.backends.head import check_response_head
 from juggler.backends.http11_limits import HttpError, log_refusal, refuse, scope_refusal
 
 Scope = dict[str, Any]
@@ -200,6 +202,8 @@ class _Response:
             raise exc_info[1].with_traceback(exc_info[2])
         if exc_info is None and self._status is not None:
             raise RuntimeError("start_response called twice without exc_info")
+        # A CR, LF or NUL would make h11 drop the connection unanswered.
+        check_response_head(status, headers)
         self._status = int(status.split(" ", 1)[0])
         self._headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))

@@ -40,6 +40,23 @@ Known shortcomings, all in meinheld's C code:
   head over 80 KiB get 400 (not 414 or 431), so ``HeadLimits`` is not
   applied. Changing them means editing meinheld/server/request.h and
   rebuilding.
+- Its parser is lax where the other backends refuse: it takes bare LF line
+  ends, folded lines, a NUL in a value and a chunk size followed by junk
+  (``5 x``), and joins a ``X_Name`` field with its ``X-Name`` twin in the
+  environ (``HTTP_X_NAME = "a, b"``). The environ cannot tell any of these
+  apart afterwards. A proxy that writes each request anew, as nginx does,
+  never passes them on; a lax proxy in front could frame such a request
+  otherwise and smuggle one behind it. What the environ does show is
+  refused here: a Transfer-Encoding other than one final ``chunked`` gets
+  400, and the connection is shut down after it (see ``_Connections``).
+- No deadline for a head: meinheld's read timeout starts again with each
+  byte, so ``--header-timeout`` is not applied and a head trickled a byte
+  at a time holds its connection (not the worker: the loop serves others).
+  A stalled body is timed out by meinheld's own read timeout, its
+  keep-alive one, not ``--io-timeout``.
+- A client that reads none of a large response holds the whole worker for
+  ``--io-timeout``: writes are blocking (below), and past that meinheld
+  parks the write and keeps the connection for good.
 - meinheld's greenlet calls from C are unsafe with greenlet 3, the only
   greenlet that builds on Python 3.11: ``server.trampoline`` (under its
   cooperative sockets) raises TypeError, so the stdlib is never patched
@@ -62,7 +79,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -74,7 +91,7 @@ from juggler.backends.base import (
     ServeOptions,
     require,
 )
-from juggler.backends.head import head_without_body
+from juggler.backends.head import guard_response
 from juggler.backends.meinheld_stop import MeinheldLoop, whole_seconds
 
 log = logging.getLogger("juggler.backends.meinheld")
@@ -89,9 +106,6 @@ PIN_HINT = (
 MAX_CONTENT_LENGTH = 2**31 - 1
 # Descriptors the process holds besides its connections (logs, the app's own).
 FD_HEADROOM = 128
-# How long one write may wait for a client that reads nothing (a timeval);
-# see environ_fixer.
-WRITE_TIMEOUT = struct.pack("ll", 60, 0)
 
 StartResponse = Callable[..., Any]
 
@@ -129,7 +143,7 @@ class MeinheldBackend(Backend):
         loop = MeinheldLoop(server, context)
         server.set_watchdog(loop.tick)
         server.schedule_call(0, loop.started)
-        server.run(environ_fixer(app, sock), 1)
+        server.run(environ_fixer(app, sock, context.options.io_timeout), 1)
         loop.watch.loop_ended()
         # meinheld closed the descriptor when its loop ended; forget the
         # number so that closing ``sock`` cannot hit a descriptor reused since.
@@ -184,7 +198,7 @@ class ErrorLogger:
         )
 
 
-def environ_fixer(app: App, sock: socket.socket) -> App:
+def environ_fixer(app: App, sock: socket.socket, write_timeout: float = 30.0) -> App:
     """Wrap ``app`` to set up each connection and correct the environ.
 
     A per-request wrapper is the only way, for two reasons:
@@ -202,14 +216,15 @@ def environ_fixer(app: App, sock: socket.socket) -> App:
       blocking for writes, with a send timeout: a response then goes out in
       one go while the loop waits, which behind a proxy that reads at once
       (nginx) costs nothing. Only a client that reads nothing for
-      ``WRITE_TIMEOUT`` brings back the parked write.
+      ``write_timeout`` (``--io-timeout``) brings back the parked write.
 
     Both are done once per connection (see ``_Connections``): a request
     that follows on a kept-alive connection costs one ``fcntl``.
     """
-    # meinheld also sends the body of a HEAD response (see head.py).
-    app = head_without_body(app)
-    connections = _Connections(sock.family)
+    # meinheld also sends the body of a HEAD response, and header values
+    # with CR or NUL in them (see head.py).
+    app = guard_response(app)
+    connections = _Connections(sock.family, write_timeout)
     if sock.family == socket.AF_UNIX:
         return _unix_fixer(app, connections)
     host, port = sock.getsockname()[:2]
@@ -218,7 +233,10 @@ def environ_fixer(app: App, sock: socket.socket) -> App:
 
 def _unix_fixer(app: App, connections: _Connections) -> App:
     def unix_app(environ: dict[str, Any], start_response: StartResponse) -> Any:
-        connections.peer(environ["meinheld.client"].get_fd())
+        fd = environ["meinheld.client"].get_fd()
+        connections.peer(fd)
+        if connections.refuses(fd, environ):
+            return connections.refuse(fd, start_response)
         environ["SERVER_NAME"] = "localhost"
         environ["SERVER_PORT"] = "80"
         environ["REMOTE_ADDR"] = ""
@@ -230,7 +248,10 @@ def _unix_fixer(app: App, connections: _Connections) -> App:
 
 def _tcp_fixer(app: App, connections: _Connections, host: str, port: str) -> App:
     def tcp_app(environ: dict[str, Any], start_response: StartResponse) -> Any:
-        peer = connections.peer(environ["meinheld.client"].get_fd())
+        fd = environ["meinheld.client"].get_fd()
+        peer = connections.peer(fd)
+        if connections.refuses(fd, environ):
+            return connections.refuse(fd, start_response)
         environ["SERVER_NAME"] = host
         environ["SERVER_PORT"] = port
         if peer is not None:
@@ -240,8 +261,22 @@ def _tcp_fixer(app: App, connections: _Connections, host: str, port: str) -> App
     return tcp_app
 
 
+def _odd_coding(environ: dict[str, Any]) -> bool:
+    """Whether a Transfer-Encoding is other than one final ``chunked``.
+
+    meinheld frames such a request by its Content-Length, or as having no
+    body, where a proxy in front may frame it otherwise: what follows could
+    then be read as a request of its own (request smuggling).
+    """
+    codings = environ["HTTP_TRANSFER_ENCODING"].lower().split(",")
+    return environ.get("SERVER_PROTOCOL") != "HTTP/1.1" or [
+        coding.strip(" \t") for coding in codings
+    ] != ["chunked"]
+
+
 class _Connections:
-    """What each connection needs once: blocking writes, and its peer.
+    """What each connection needs once: blocking writes, and its peer; and
+    the connections whose requests are refused.
 
     meinheld's client object cannot be told apart across connections (it
     is reused, and takes no weak reference), so a connection is known by
@@ -249,23 +284,56 @@ class _Connections:
     every connection non-blocking, and only ``_prepare`` clears the flag.
     A descriptor closed and handed to a new connection is thus prepared
     again, and its cached peer replaced.
+
+    meinheld ignores the app's ``Connection: close`` and goes on to parse
+    what the client sent next, so a refused connection is marked: every
+    later request on it is refused too, never reaching the app, and it is
+    shut down once the refusal is written.
     """
 
-    def __init__(self, family: int) -> None:
+    def __init__(self, family: int, write_timeout: float) -> None:
         self._family = family
+        # SO_SNDTIMEO's timeval: how long one write may wait for a client
+        # that reads nothing (see environ_fixer).
+        seconds = int(write_timeout)
+        micros = int((write_timeout - seconds) * 1_000_000)
+        self._write_timeout = struct.pack("ll", seconds, micros)
         self._peers: dict[int, tuple[str, str] | None] = {}
+        self._refused: set[int] = set()
 
     def peer(self, fd: int) -> tuple[str, str] | None:
         """The TCP peer as strings (None on UNIX, or once the peer is gone)."""
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
             self._peers[fd] = self._prepare(fd)
+            self._refused.discard(fd)
         return self._peers.get(fd)
+
+    def refuses(self, fd: int, environ: dict[str, Any]) -> bool:
+        """Whether this request is refused; ``peer`` has seen ``fd``."""
+        if fd in self._refused:
+            return True
+        return "HTTP_TRANSFER_ENCODING" in environ and _odd_coding(environ)
+
+    def refuse(self, fd: int, start_response: StartResponse) -> Any:
+        """Answer 400 and shut the connection down after it."""
+        log.info("rejected: 400 transfer coding other than chunked pid=%d", os.getpid())
+        self._refused.add(fd)
+        body = b"400 Bad Request\n"
+        start_response(
+            "400 Bad Request",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Connection", "close"),
+            ],
+        )
+        return _ThenShutDown(body, fd, self._family)
 
     def _prepare(self, fd: int) -> tuple[str, str] | None:
         # Family, type and protocol given: the socket object queries nothing.
         conn = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
         try:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, WRITE_TIMEOUT)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._write_timeout)
             conn.setblocking(True)
             if self._family == socket.AF_UNIX:
                 return None
@@ -273,5 +341,30 @@ class _Connections:
             return str(host), str(port)
         except OSError:
             return None  # the peer is gone; the response will not reach it
+        finally:
+            conn.detach()
+
+
+class _ThenShutDown:
+    """A response body after which its connection is shut down.
+
+    meinheld closes a body once it has written it: the shutdown comes
+    after the response, and meinheld then sees the connection end.
+    """
+
+    def __init__(self, body: bytes, fd: int, family: int) -> None:
+        self._body = body
+        self._fd = fd
+        self._family = family
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._body
+
+    def close(self) -> None:
+        conn = socket.socket(self._family, socket.SOCK_STREAM, 0, self._fd)
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the peer is gone already
         finally:
             conn.detach()

@@ -12,14 +12,15 @@ What the adapter changes in uvicorn's behaviour, and why:
 - ``access_log`` off and ``log_config`` None: the runner writes access lines
   itself when asked, and uvicorn's loggers propagate to the runner's handler.
 - ``proxy_headers`` off. uvicorn would otherwise rewrite ``client`` and
-  ``scheme`` from X-Forwarded-* sent by 127.0.0.1/::1 (or by whatever
-  FORWARDED_ALLOW_IPS says), so the app would see different things on
-  uvicorn than on every other backend. The trust list belongs to the runner
-  and will be one option for all backends; this backend will then pass it
-  as ``forwarded_allow_ips`` with ``proxy_headers=True``.
-- h11, chosen explicitly, parses every request, and the head limits are
-  checked before the app runs (``HeadLimited``, on the scope); h11 bounds a
-  head that never ends (``max_incomplete_event_size``), and one past that
+  ``scheme`` from X-Forwarded-* sent by 127.0.0.1 (or by whatever
+  FORWARDED_ALLOW_IPS says), apart from the runner's own
+  ``--forwarded-allow-ips``, which does the same for every backend.
+- h11, chosen explicitly, parses every request, after a strict parse of
+  its head (``http11_strict``), which refuses what h11 lets through and a
+  proxy may frame otherwise (request smuggling) and applies the head
+  limits; they are checked again on the scope (``AsgiGuard``, which also
+  turns a response field with CR, LF or NUL into a 500). h11 bounds
+  a head that never ends (``max_incomplete_event_size``), and one past that
   bound gets 414 or 431 where uvicorn would say 400. httptools, which
   uvicorn prefers when installed, buffers the URL and the fields of an
   endless head without any bound.
@@ -52,8 +53,11 @@ from juggler.backends.base import (
     ServeOptions,
     require,
 )
-from juggler.backends.http11_limits import HeadLimited, HttpError
+from juggler.backends.http11 import HttpError, error_response
+from juggler.backends.http11_limits import AsgiGuard, log_refusal
+from juggler.backends.http11_strict import strict_h11_connection
 from juggler.backends.signals import StopRequest
+from juggler.backends.timers import Timers
 from juggler.runner.errors import AppLoadError
 
 if TYPE_CHECKING:
@@ -86,7 +90,7 @@ class UvicornBackend(Backend):
         # Loaded here rather than by uvicorn, so that the app it built (with
         # its ASGI 2 adapter where needed) can be put behind the limits.
         config.load()
-        config.loaded_app = HeadLimited(config.loaded_app, context.options.limits)
+        config.loaded_app = AsgiGuard(config.loaded_app, context.options.limits)
         server = _make_server(config, context)
         try:
             server.run(sockets=[sock])
@@ -115,28 +119,92 @@ def _config(app: App, options: ServeOptions) -> uvicorn.Config:
         timeout_keep_alive=whole_seconds(options.keepalive_timeout),
         timeout_graceful_shutdown=whole_seconds(options.graceful_timeout),
         limit_concurrency=limit,
-        http=_h11_protocol(options.limits),
+        http=_h11_protocol(options.limits, options),
         h11_max_incomplete_event_size=options.limits.max_head_size,
     )
 
 
-def _h11_protocol(limits: HeadLimits) -> type[asyncio.Protocol]:
-    """uvicorn's h11 protocol, answering a head past h11's bound as it should.
+def _h11_protocol(limits: HeadLimits, timeouts: ServeOptions) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, with a strict head and the right refusals.
 
-    uvicorn answers 400 to any error h11 raises. When the buffer is over
-    h11's bound and holds no complete head, the head was too long: 414 if
-    the request line has not even ended within its limit, 431 otherwise.
+    Before h11 parses a head, ``http11_strict`` checks it: h11 takes two
+    equal Content-Lengths, a Content-Length beside a Transfer-Encoding, bare
+    LF line ends and folded lines, where a proxy in front may frame the
+    request otherwise (request smuggling). A refused head is answered and
+    the connection closed, so nothing behind it is read.
+
+    uvicorn answers 400 to any error h11 raises; a refusal by the strict
+    connection (which also tells 414 from 431 for a head past h11's bound)
+    is answered with its own status.
+
+    uvicorn has no timeout but the keep-alive one, which stops when bytes
+    come. Here a head not complete ``header_timeout`` after its first bytes
+    is answered 408, and a body that pauses, or a client that reads nothing
+    of its response, for ``io_timeout`` has its connection closed.
     """
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    connection_class = strict_h11_connection(limits)
+
     class LimitedH11Protocol(H11Protocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.conn = connection_class(h11.SERVER, limits.max_head_size)
+            self.timers = Timers(self.loop)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # uvicorn stops its keep-alive timer when bytes come and has no
+            # other: a head trickled a byte at a time, or a body that stops
+            # half-way, would hold the connection for ever.
+            state = self.conn.their_state
+            if state is not h11.IDLE or self.transport.is_closing():
+                self.timers.cancel("head")
+            elif not self.timers.armed("head"):
+                self.timers.arm("head", timeouts.header_timeout, self._head_late)
+            self.timers.cancel("body")
+            if state is h11.SEND_BODY and not self.transport.is_closing():
+                self.timers.arm("body", timeouts.io_timeout, self._body_stalled)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if not self.timers.armed("write"):
+                self.timers.arm("write", timeouts.io_timeout, self._write_stalled)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self.timers.cancel("write")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.timers.cancel_all()
+            super().connection_lost(exc)
+
+        def _head_late(self) -> None:
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log_refusal(HttpError(408, "head not complete in time"), self.client)
+                self.transport.write(error_response(408))
+                self.transport.close()
+
+        def _body_stalled(self) -> None:
+            if self.conn.their_state is not h11.SEND_BODY:
+                return
+            if self.flow.read_paused:  # the app is the slow one
+                self.timers.arm("body", timeouts.io_timeout, self._body_stalled)
+                return
+            log.info("closed: a request body stalled pid=%d", os.getpid())
+            self.transport.close()
+
+        def _write_stalled(self) -> None:
+            log.info("closed: a client read none of its response pid=%d", os.getpid())
+            self.transport.abort()
+
         def send_400_response(self, msg: str) -> None:
-            error = _overflow(self.conn, limits)
+            error = getattr(self.conn, "refusal", None)
             if error is None:
                 super().send_400_response(msg)
                 return
-            log.info("rejected: %s from %s pid=%d", error, self.client, os.getpid())
+            log_refusal(error, self.client)
             reason = HTTPStatus(error.status).phrase
             headers = [(b"content-length", b"0"), (b"connection", b"close")]
             response = h11.Response(
@@ -147,20 +215,6 @@ def _h11_protocol(limits: HeadLimits) -> type[asyncio.Protocol]:
             self.transport.close()
 
     return LimitedH11Protocol
-
-
-def _overflow(conn: Any, limits: HeadLimits) -> HttpError | None:
-    """The refusal for a head past h11's bound, or None for another error.
-
-    Only an error path pays for the copy of the buffer.
-    """
-    buffered, _ = conn.trailing_data
-    if len(buffered) <= limits.max_head_size or b"\r\n\r\n" in buffered:
-        return None
-    line_end = buffered.lstrip(b"\r\n").find(b"\r\n")
-    if line_end < 0 or line_end > limits.max_request_line:
-        return HttpError(414, "request line too long (head past its bound)")
-    return HttpError(431, "request head past its bound")
 
 
 def _connection_limit(concurrency: int | None) -> int | None:

@@ -22,6 +22,12 @@ way to run a function in the loop thread) and waits with a deadline:
 
 A channel is in flight while it holds parsed requests (queued or running),
 unsent response bytes, or a request still being received.
+
+waitress times a channel out only when it is silent and holds no request,
+so after each pass the loop also closes a channel whose head is not in
+``--header-timeout`` after its first bytes (a trickle), or whose body or
+response made no progress for ``--io-timeout`` (a client that reads nothing
+would hold a task thread for good); see ``_Loop.close_stalled``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +50,7 @@ from juggler.backends.base import (
     ServeOptions,
     require,
 )
-from juggler.backends.head import head_without_body
+from juggler.backends.head import guard_response
 from juggler.backends.signals import StopRequest
 from juggler.backends.waitress_parser import define_parser_class
 
@@ -54,9 +61,14 @@ log = logging.getLogger("juggler.backends.waitress")
 # here: a head past 256 KiB gets 431 even when each part is in bounds. The
 # parts are checked by ``LimitedParser``.
 WAITRESS_MAX_HEAD = 262_144
+# Open connections past which a worker stops accepting (the kernel's backlog,
+# shared with the siblings, holds the next ones): wsgiref's and gevent's bound.
+MAX_CONNECTIONS = 1000
 # How long the main thread waits for the loop thread to finish a cut; the
 # loop never blocks longer than one poll, so this is only a safety net.
 CUT_JOIN_TIMEOUT = 5.0
+# How often, at most, heads and transfers are checked for their deadlines.
+HEAD_CHECK = 0.25
 # How long idle task threads get to leave after a complete drain.
 IDLE_THREADS_TIMEOUT = 2.0
 
@@ -83,9 +95,9 @@ class WaitressBackend(Backend):
         # down must still find the pipe its handler writes to.
         stop = StopRequest()
         stop.install()
-        app = head_without_body(app)
+        app = guard_response(app)
         server = _make_server(self._classes, sock, app, context.options)
-        loop = _Loop(server, stop)
+        loop = _Loop(server, stop, context.options)
         loop.start()
         context.ready()
 
@@ -117,6 +129,9 @@ def waitress_settings(sock: socket.socket, options: ServeOptions) -> dict[str, A
         "clear_untrusted_proxy_headers": False,
         # poll() has no FD_SETSIZE ceiling, unlike select().
         "asyncore_use_poll": True,
+        # waitress stops accepting past 100 open connections, so a hundred
+        # slow clients (each a channel, no thread) would shut out the rest.
+        "connection_limit": MAX_CONNECTIONS,
         # ident stays "waitress": the Server header then tells an operator
         # which backend answered, and SERVER_SOFTWARE must be a string.
     }
@@ -238,9 +253,12 @@ class _Loop:
     drain must exit at once).
     """
 
-    def __init__(self, server: Any, stop: StopRequest) -> None:
+    def __init__(self, server: Any, stop: StopRequest, options: ServeOptions) -> None:
         self.server = server
         self._stop = stop
+        self._header_timeout = options.header_timeout
+        self._io_timeout = options.io_timeout
+        self._next_check = 0.0
         self._ended = False
         self._cut = False
         self._failure: BaseException | None = None
@@ -276,6 +294,7 @@ class _Loop:
                 wasyncore.poll2(timeout, self.server._map)
                 if self.server.draining:
                     self.close_idle()
+                self.close_stalled()
         except BaseException as exc:
             self._failure = exc
             self._stop.trigger()  # wakes the main thread, which re-raises
@@ -301,6 +320,29 @@ class _Loop:
     def close_idle(self) -> None:
         for channel in list(self.server.active_channels.values()):
             if _is_idle(channel):
+                channel.handle_close()
+
+    def close_stalled(self) -> None:
+        """Close the channels whose head is late or whose transfer stalled
+        (see the module's doc); after a loop pass, every HEAD_CHECK at most.
+        """
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + HEAD_CHECK
+        late_head = now - self._header_timeout
+        # waitress stamps last_activity with time.time().
+        stalled = time.time() - self._io_timeout
+        for channel in list(self.server.active_channels.values()):
+            request = channel.request
+            if request is not None and not request.headers_finished:
+                if request.started < late_head:
+                    log.info("closed: a head late pid=%d", os.getpid())
+                    channel.handle_close()
+            elif channel.last_activity < stalled and (
+                request is not None or channel.total_outbufs_len
+            ):
+                log.info("closed: a transfer stalled pid=%d", os.getpid())
                 channel.handle_close()
 
     def cut(self) -> None:

@@ -1,4 +1,5 @@
-"""waitress's request parser with the head limits (``HeadLimits``).
+"""waitress's request parser with the head limits (``HeadLimits``) and a
+strict parse of the head (``http11_strict``).
 
 Built on first use, like the adapter's other waitress classes: this module
 must import without waitress installed.
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from http import HTTPStatus
 from typing import Any
 
 from juggler.backends.base import HeadLimits
 from juggler.backends.http11 import HttpError, PartialHead
-from juggler.backends.http11_limits import check_head
+from juggler.backends.http11_strict import refusal
 
 log = logging.getLogger("juggler.backends.waitress")
 
@@ -22,15 +24,16 @@ def define_parser_class(limits: HeadLimits) -> type[Any]:
     """waitress's request parser, with the head limits.
 
     waitress checks only the size of the whole head. A complete head is
-    checked in ``parse_header``; one still arriving is checked after each
-    read (waitress reads 8 KiB at a time), so a line over its limit is
-    refused as soon as it is, not at waitress's total bound.
+    checked in ``parse_header``, strictly (``http11_strict``); one still
+    arriving is checked after each read (waitress reads 8 KiB at a time), so
+    a line over its limit is refused as soon as it is, not at waitress's
+    total bound.
     """
     from waitress.parser import HTTPRequestParser
     from waitress.utilities import Error
 
     class RefusedHead(Error):  # type: ignore[misc]
-        """414 or 431: waitress answers an Error with its code and closes."""
+        """A refused head: waitress answers an Error with its code and closes."""
 
         def __init__(self, error: HttpError) -> None:
             super().__init__(error.detail)
@@ -39,6 +42,12 @@ def define_parser_class(limits: HeadLimits) -> type[Any]:
 
     class LimitedParser(HTTPRequestParser):  # type: ignore[misc]
         _scan: PartialHead | None = None
+
+        def __init__(self, adj: Any) -> None:
+            super().__init__(adj)
+            # A channel makes its parser when a request's first bytes come:
+            # the head's deadline runs from here (see waitress.py).
+            self.started = time.monotonic()
 
         def received(self, data: bytes) -> int:
             consumed: int = super().received(data)
@@ -52,10 +61,12 @@ def define_parser_class(limits: HeadLimits) -> type[Any]:
             return consumed
 
         def parse_header(self, header_plus: bytes) -> None:
-            try:
-                check_head(header_plus, limits)
-            except HttpError as exc:
-                self._refuse(exc)
+            # Strictly, before waitress's own parse: waitress takes a
+            # Content-Length beside a Transfer-Encoding, two chunked
+            # codings, or a folded line, where a proxy may frame otherwise.
+            error = refusal(header_plus, limits)
+            if error is not None:
+                self._refuse(error)
                 return
             super().parse_header(header_plus)
 

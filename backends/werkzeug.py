@@ -13,9 +13,20 @@ runner says so in a warning at start. What it does not do, and why:
 - Head limits: ``options.limits`` are checked on the request line (414),
   after ``http.server`` has read it with its own bound (64 KiB), and on
   the header fields, which the handler reads itself (431 for one too long
-  or too many, 400 for a line without a colon).
+  or too many). A request line that is not ``METHOD target HTTP/1.x`` gets
+  400 with a status line, where http.server would answer in HTTP/0.9.
+- The head is parsed strictly (``http11_strict``: 400 for two
+  Content-Lengths, a Content-Length beside a Transfer-Encoding, a bare CR
+  or LF...), and a chunked body is read as strictly (400, not 500, for a
+  malformed one), so that werkzeug agrees with a proxy in front on where a
+  request ends even though it closes the connection after each one.
 - An HTTP/1.0 request is answered in HTTP/1.0, so that a response without
   Content-Length ends with the connection instead of being chunked.
+- Timeouts: http.server's is one per read, so a head trickled a byte at a
+  time would hold its thread for ever; a thread of ours shuts down a
+  connection whose head is not in ``--header-timeout`` after it opened
+  (``werkzeug_connections.HeadWatch``). Past the head, each read and write
+  has ``--io-timeout``.
 
 Theory of operation. ``serve_forever`` runs in a thread; the main thread
 blocks in ``StopRequest.wait()``. On a stop it ends the accept loop, closes
@@ -26,7 +37,6 @@ and waits for the others up to the graceful timeout.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -35,12 +45,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from juggler.backends.base import App, Backend, ServeContext, ServeOptions, require
-from juggler.backends.head import head_without_body
-from juggler.backends.http11_limits import HttpError, read_field_lines
+from juggler.backends.head import guard_response
+from juggler.backends.http11_strict import (
+    HttpError,
+    chunked_input,
+    field_block,
+    read_head,
+    request_line_refusal,
+)
 from juggler.backends.signals import StopRequest
+from juggler.backends.werkzeug_connections import Connections, HeadWatch
 
 if TYPE_CHECKING:
     from werkzeug.serving import ThreadedWSGIServer
@@ -79,14 +97,17 @@ class WerkzeugBackend(Backend):
         stop = StopRequest()
         stop.install()
 
-        server: Any = self._make_server(sock, head_without_body(app))
+        app = guard_response(bad_body_is_400(app))
+        server: Any = self._make_server(sock, app)
         accept_thread = threading.Thread(
             target=server.serve_forever, name="werkzeug-accept", daemon=True
         )
         accept_thread.start()
+        watch = HeadWatch(server.connections)
         context.ready()
 
         stop.wait()
+        watch.stop()
         context.draining()
         deadline = time.monotonic() + context.options.graceful_timeout
         _stop_accepting(server, accept_thread, sock)
@@ -117,66 +138,8 @@ def _route_werkzeug_logger() -> None:
     logging.getLogger("werkzeug").setLevel(logging.getLogger().getEffectiveLevel())
 
 
-class Connections:
-    """The client connections of this worker, and which are mid-request."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._open: set[socket.socket] = set()
-        self._waiting: set[socket.socket] = set()
-
-    def opened(self, conn: socket.socket) -> None:
-        with self._changed:
-            self._open.add(conn)
-            self._waiting.add(conn)
-
-    def started(self, conn: socket.socket) -> None:
-        """The request line of ``conn`` has arrived."""
-        with self._changed:
-            self._waiting.discard(conn)
-
-    def closed(self, conn: socket.socket) -> None:
-        with self._changed:
-            self._open.discard(conn)
-            self._waiting.discard(conn)
-            self._changed.notify_all()
-
-    def wake_waiting(self) -> None:
-        """End the connections that have not begun a request.
-
-        Shutting down the reading side makes their thread read end-of-file
-        and leave. A request the client is sending at this very moment is
-        lost with it, as when any server ends an idle connection.
-
-        Known shortcoming: a connection accepted just before the accept loop
-        ended, whose thread registers after this call, is not woken; if its
-        client sends nothing it holds the drain until the idle timeout or
-        the graceful timeout. Closing that gap would take a draining flag
-        checked in ``opened()`` and a wake-up there for idle newcomers.
-        """
-        with self._changed:
-            for conn in self._waiting:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RD)
-
-    def wait_closed(self, timeout: float) -> int:
-        """Wait up to ``timeout`` for every connection to end; return how
-        many are left."""
-        with self._changed:
-            self._changed.wait_for(lambda: not self._open, max(0.0, timeout))
-            return len(self._open)
-
-    def cut(self) -> None:
-        """Close every connection left: the clients see it end now."""
-        with self._changed:
-            for conn in self._open:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-
 def _define_server_class(options: ServeOptions) -> ServerFactory:
     from email.parser import Parser
-    from http import HTTPStatus
     from http.client import HTTPMessage
 
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
@@ -206,9 +169,13 @@ def _define_server_class(options: ServeOptions) -> ServerFactory:
 
         def parse_request(self) -> bool:
             self.server.connections.started(self.connection)
-            if len(self.raw_requestline.rstrip(b"\r\n")) > limits.max_request_line:
-                self.requestline = self.request_version = self.command = ""
-                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            error = request_line_refusal(self.raw_requestline, limits)
+            if error is not None:
+                # Refused here, not by http.server, which would answer a
+                # line it cannot read in HTTP/0.9: a page, no status line.
+                self.requestline = self.command = ""
+                self.request_version = "HTTP/1.1"
+                self.send_error(error.status, None, error.detail)
                 return False
             # http.server would read the fields under http.client's bounds
             # (100 lines, the empty one included) and hand a line without a
@@ -221,11 +188,16 @@ def _define_server_class(options: ServeOptions) -> ServerFactory:
             finally:
                 self.rfile = rfile
             try:
-                fields = read_field_lines(rfile, limits)
+                request = read_head(rfile, self.raw_requestline, limits)
             except HttpError as exc:
                 self.send_error(exc.status, None, exc.detail)
                 return False
-            self.headers = header_parser.parsestr(fields.decode("latin-1"))
+            # The fields as the strict parse read them (see http11_strict).
+            self.headers = header_parser.parsestr(field_block(request))
+            self.server.connections.head_read(self.connection)
+            # From here each read of the body and write of the response has
+            # io_timeout to make progress (the keep-alive one was for the head).
+            self.connection.settimeout(options.io_timeout)
             return self._after_fields()
 
         def _after_fields(self) -> bool:
@@ -254,6 +226,9 @@ def _define_server_class(options: ServeOptions) -> ServerFactory:
             else:
                 # werkzeug gives an int; CGI variables are strings.
                 environ["REMOTE_PORT"] = str(environ["REMOTE_PORT"])
+            if environ.get("wsgi.input_terminated"):
+                # A chunked body: werkzeug's reader takes "0x5" for a size.
+                environ["wsgi.input"] = chunked_input(self.rfile, limits)
             return environ
 
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -278,7 +253,7 @@ def _define_server_class(options: ServeOptions) -> ServerFactory:
             host, port = werkzeug_address(sock)
             super().__init__(host, port, app, Handler, fd=sock.fileno())
             self.unix = sock.family == socket.AF_UNIX
-            self.connections = Connections()
+            self.connections = Connections(options.header_timeout)
 
         def handle_error(self, request: Any, client_address: Any) -> None:
             # socketserver would print this to stderr, past our logging. It
@@ -291,6 +266,33 @@ def _define_server_class(options: ServeOptions) -> ServerFactory:
             )
 
     return Server
+
+
+def bad_body_is_400(app: App) -> App:
+    """Answer 400, not werkzeug's 500, when the app meets a malformed body.
+
+    The strict chunked reader raises ``HttpError`` in the app that reads a
+    malformed body; an app that lets it through gets its status answered,
+    as the wsgiref backend does. The connection closes after it anyway.
+    """
+
+    def app_with_body_errors(
+        environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Any:
+        try:
+            return app(environ, start_response)
+        except HttpError as exc:
+            log.debug("refused a request body: %s pid=%d", exc, os.getpid())
+            status = f"{exc.status} {HTTPStatus(exc.status).phrase}"
+            body = f"{status}\n".encode()
+            headers = [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+            ]
+            start_response(status, headers, sys.exc_info())
+            return [body]
+
+    return app_with_body_errors
 
 
 def werkzeug_address(sock: socket.socket) -> tuple[str, int]:

@@ -15,18 +15,18 @@ import os
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 from juggler.backends.base import App, ServeOptions
 from juggler.backends.http11 import (
-    HEAD_TIMEOUT,
     RECV_SIZE,
     ClientDisconnected,
     HttpError,
     Reader,
     Request,
     error_response,
+    head_ready,
     parse_head,
 )
 from juggler.backends.http11_body import Body, body_for
@@ -35,10 +35,8 @@ from juggler.backends.wsgi11_response import DRAIN_LIMIT, FileWrapper, Response
 # The backend's logger: these lines belong to the wsgiref backend.
 log = logging.getLogger("juggler.backends.wsgiref")
 
-# Seconds a worker waits for a client that stops sending a body it announced
-# or stops reading its response: a limit on each recv or send that makes no
-# progress, not on the whole transfer.
-IO_TIMEOUT = 30.0
+Arrival = Literal["ready", "partial", "nothing", "gone"]
+
 # Closing a socket with unread input makes the kernel send a reset that can
 # destroy a response the client has not read yet. So a connection closed in
 # that state is half-closed and its input read and discarded for a moment.
@@ -93,6 +91,10 @@ class WsgiHandler:
     ) -> None:
         self._app = app
         self._limits = options.limits
+        self._header_timeout = options.header_timeout
+        # A limit on each recv or send that makes no progress: a body that
+        # stops arriving, a client that stops reading its response.
+        self._io_timeout = options.io_timeout
         self._unix = listener.family == socket.AF_UNIX
         self._base = _base_environ(listener)
         self._pid = os.getpid()
@@ -117,8 +119,8 @@ class WsgiHandler:
         if not self._unix:
             # Responses are written whole; Nagle would only delay them.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(IO_TIMEOUT)
-        reader = Reader(sock, IO_TIMEOUT)
+        sock.settimeout(self._io_timeout)
+        reader = Reader(sock, self._io_timeout)
         reader.buf += first
 
         environ = self._base.copy()
@@ -129,16 +131,44 @@ class WsgiHandler:
             environ["REMOTE_PORT"] = str(address[1])
         return Connection(sock, reader, environ)
 
+    def ready(self, conn: Connection) -> bool:
+        """Whether a worker can serve ``conn`` without waiting for its head."""
+        return head_ready(conn.reader.buf, self._limits)
+
+    def read_arrived(self, conn: Connection) -> Arrival:
+        """Take what a waiting connection has sent, without blocking.
+
+        For the poller, which saw it readable: the connection's head is
+        in (``ready``), or not yet (``partial``), nothing came after all
+        (``nothing``), or the client is gone (``gone``).
+        """
+        try:
+            # The descriptor is non-blocking under the socket's timeout;
+            # recv() would first wait for input with that timeout.
+            data = os.read(conn.fd, RECV_SIZE)
+        except BlockingIOError:
+            return "partial" if conn.reader.buf else "nothing"
+        except OSError:
+            return "gone"
+        if not data:
+            return "gone"
+        conn.reader.buf += data
+        return "ready" if head_ready(conn.reader.buf, self._limits) else "partial"
+
     def serve(self, conn: Connection) -> bool:
-        """Serve requests until the connection is idle (True) or done."""
+        """Serve requests until the connection waits (True) or is done.
+
+        It waits, in the poller and not in this thread, for a request not
+        begun or only begun: the rest of a head may come late, or never.
+        """
         while self._serve_one(conn):
-            if not conn.reader.buf:
+            if not head_ready(conn.reader.buf, self._limits):
                 return True
         return False
 
     def _serve_one(self, conn: Connection) -> bool:
         try:
-            deadline = time.monotonic() + HEAD_TIMEOUT
+            deadline = time.monotonic() + self._header_timeout
             head = conn.reader.read_head(self._limits, deadline)
             if head is None:
                 return False

@@ -1,13 +1,16 @@
 """The ``wsgiref`` backend: a threaded HTTP/1.1 WSGI server on the stdlib.
 
 Theory of operation. One *poller* thread owns an epoll set that holds the
-listening socket, a wake-up pipe and every idle connection: one just
-accepted, or one kept alive between two requests. When an idle connection
-becomes readable, the poller hands it to a pool of at most ``concurrency``
-worker threads. A worker reads the request, calls the app, writes the
-response and gives the connection back to the poller, or closes it. An idle
-connection thus costs a descriptor, not a thread, and a slow client or app
-holds one thread, never the whole worker.
+listening socket, a wake-up pipe and every waiting connection: one just
+accepted, one kept alive between two requests, or one whose request head
+has only partly arrived (``wsgiref_waiting``). When a waiting connection
+becomes readable, the poller reads what came; once a whole head is in, it
+hands the connection to a pool of at most ``concurrency`` worker threads.
+A worker parses the request, calls the app, writes the response and gives
+the connection back to the poller, or closes it. A waiting connection thus
+costs a descriptor, not a thread: a client trickling its head (slowloris)
+holds none, and is answered 408 at ``--header-timeout``. A slow body or a
+slow reader holds one thread, for ``--io-timeout`` without progress at most.
 
 The poller accepts only while a worker thread is free. When every thread is
 busy it takes the listening socket out of its epoll set, so that new
@@ -23,7 +26,8 @@ client is owed an answer (a proxy writes its request right after connecting,
 and would turn the close into a 502), so it gets ``FRESH_GRACE`` seconds for
 its request to arrive.
 
-This module is the server: poller, threads, stop. What a worker does with a
+This module is the server: poller, threads, stop. The waiting connections
+and their deadlines are ``wsgiref_waiting``; what a worker does with a
 connection is ``wsgi11`` (request cycle) and ``wsgi11_response`` (framing);
 the HTTP parsing is ``http11`` (heads) and ``http11_body`` (bodies).
 
@@ -48,9 +52,10 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from juggler.backends.base import App, Backend, Interface, ServeContext, ServeOptions
-from juggler.backends.http11 import HEAD_TIMEOUT
+from juggler.backends.http11 import error_response
 from juggler.backends.signals import StopRequest
 from juggler.backends.wsgi11 import Connection, WsgiHandler, close_connection
+from juggler.backends.wsgiref_waiting import Waiting
 
 log = logging.getLogger("juggler.backends.wsgiref")
 
@@ -120,15 +125,15 @@ class Server:
         self._listener_fd = sock.fileno()
         self._handler = handler
         self._max_threads = options.concurrency or DEFAULT_THREADS
-        self._idle_timeout = _idle_timeout(options)
+        idle_timeout = _idle_timeout(options)
+        self._idle_timeout = idle_timeout
         self._on_crash = on_crash
         self._wake_main = wake_main  # called when the last busy one is done
         self._pid = os.getpid()
 
         # The lock guards every field below it and the epoll set.
         self._lock = threading.Lock()
-        self._idle: dict[int, Connection] = {}  # oldest (soonest due) first
-        self._fresh: set[int] = set()  # idle ones that never sent a request
+        self._waiting = Waiting(idle_timeout, options.header_timeout)
         self.busy = 0  # connections handed to workers and not yet back
         self._open = 0
         self._paused_until = 0.0  # accept() ran out of resources until then
@@ -160,7 +165,7 @@ class Server:
         """Whether the stop left nothing to finish: no connection busy, and
         none accepted that still owes its first request."""
         with self._lock:
-            return self.busy == 0 and not self._idle
+            return self.busy == 0 and not self._waiting
 
     def release_threads(self) -> None:
         """Let idle worker threads end once the stop is over."""
@@ -197,37 +202,29 @@ class Server:
                 self._drain_wake_pipe()
             elif fd != self._listener_fd:
                 self._dispatch(fd)
-        self._expire_idle(time.monotonic())
+        self._expire(time.monotonic())
         with self._lock:
             # Done once stopping, unless an accepted request is still owed.
-            return self._stopping and not self._idle
+            return self._stopping and not self._waiting
 
     def _shed_idle(self) -> None:
         """At a stop: close the kept-alive idle connections (their clients
         retry on a new one), and give the fresh ones FRESH_GRACE at most."""
         with self._lock:
-            kept = [fd for fd in self._idle if fd not in self._fresh]
-            closing = [self._idle.pop(fd) for fd in kept]
+            closing = self._waiting.shed(time.monotonic() + FRESH_GRACE)
             self._open -= len(closing)
-            # Every deadline capped alike keeps the dict in order of due.
-            due = time.monotonic() + FRESH_GRACE
-            for conn in self._idle.values():
-                conn.deadline = min(conn.deadline, due)
         for conn in closing:
             conn.sock.close()
 
     def _poll_timeout(self) -> float:
-        # Every idle connection gets the same timeout, so the first in the
-        # dict is the first due, and one added later is due later: sleeping
-        # until the first is due, or a whole timeout if none is idle, never
-        # oversleeps a deadline.
+        # Sleep until the first waiting connection is due (see Waiting), or
+        # a whole idle timeout if none waits: never past a deadline.
         with self._lock:
-            if self._stopping and not self._idle:
+            if self._stopping and not self._waiting:
                 return 0
-            if not self._idle:
+            due = self._waiting.next_due()
+            if due is None:
                 due = time.monotonic() + self._idle_timeout
-            else:
-                due = next(iter(self._idle.values())).deadline
             if self._paused_until:
                 due = min(due, self._paused_until)
         return max(0.0, due - time.monotonic())
@@ -300,23 +297,53 @@ class Server:
         # A client usually sends its request with the handshake: then the
         # connection goes straight to a thread and counts against the pool,
         # so that a burst is accepted only as far as threads are free. One
-        # that has said nothing yet waits in the idle set, holding no thread.
+        # that has said nothing yet, or only part of its head, waits in the
+        # poller, holding no thread.
         conn = self._handler.connection(sock, address)
         if conn is None:
             return
         with self._lock:
             self._open += 1
-            if not conn.reader.buf and self._park_locked(conn):
-                self._fresh.add(conn.fd)
+            fresh = not conn.reader.buf
+            if not self._handler.ready(conn) and self._park_locked(conn, fresh):
                 return
         self._to_worker(conn)
 
     def _dispatch(self, fd: int) -> None:
+        """A waiting connection is readable: serve it once its head is in."""
         with self._lock:
-            conn = self._idle.pop(fd, None)
-            self._fresh.discard(fd)
-        if conn is not None:
+            waiting = self._waiting
+            fresh = fd in waiting.fresh
+            waiting.fresh.discard(fd)
+            conn = waiting.idle.pop(fd, None) or waiting.heads.get(fd)
+        if conn is None:
+            return
+        arrived = self._handler.read_arrived(conn)
+        with self._lock:
+            waits = arrived in ("nothing", "partial")
+            if waits and self._wait_more_locked(conn, fresh):
+                return
+            self._waiting.heads.pop(fd, None)
+            if arrived != "ready":
+                self._open -= 1
+                self._paused_until = 0.0
+        if arrived == "ready":
             self._to_worker(conn)
+        else:
+            conn.sock.close()
+
+    def _wait_more_locked(self, conn: Connection, fresh: bool) -> bool:
+        """Back in the epoll set; a head begun now starts its deadline."""
+        if not self._arm_locked(conn):
+            return False
+        now = time.monotonic()
+        if not conn.reader.buf:  # woken for nothing
+            self._waiting.add_idle(conn, now, fresh)
+        elif conn.fd not in self._waiting.heads:
+            self._waiting.add_head(conn, now)
+            if self._stopping:  # as the others got at the stop (_shed_idle)
+                conn.deadline = min(conn.deadline, now + FRESH_GRACE)
+        return True
 
     def _to_worker(self, conn: Connection) -> None:
         with self._lock:
@@ -333,19 +360,22 @@ class Server:
         self._threads.append(thread)
         thread.start()
 
-    def _expire_idle(self, now: float) -> None:
-        expired = []
+    def _expire(self, now: float) -> None:
         with self._lock:
-            for fd, conn in self._idle.items():
-                if conn.deadline > now:
-                    break
-                expired.append(fd)
-            for fd in expired:
-                self._idle.pop(fd).sock.close()
-                self._fresh.discard(fd)
-            self._open -= len(expired)
-            if expired:
+            idle, heads = self._waiting.expire(now)
+            self._open -= len(idle) + len(heads)
+            if idle or heads:
                 self._paused_until = 0.0
+        for conn in idle:
+            conn.sock.close()
+        for conn in heads:
+            log.debug("408: a head not complete in time pid=%d", self._pid)
+            # Best effort: the send buffer of a connection that only sent
+            # holds the whole answer, and a client that reads nothing gets
+            # the close anyway.
+            with contextlib.suppress(OSError):
+                os.write(conn.fd, error_response(408))
+            conn.sock.close()
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -357,9 +387,7 @@ class Server:
     def _close_all(self) -> None:
         with self._lock:
             self._stopping = True
-            idle = list(self._idle.values())
-            self._idle.clear()
-            self._fresh.clear()
+            idle = self._waiting.clear()
             self._open -= len(idle)
             if self._listening:
                 self._epoll.unregister(self._listener_fd)
@@ -398,16 +426,27 @@ class Server:
             self._after_release_locked()
 
     def _after_release_locked(self) -> None:
-        if self.busy == 0 and self._stopping and not self._idle:
+        if self.busy == 0 and self._stopping and not self._waiting:
             self._wake_main()
         if not self._listening and self._can_accept_locked():
             self._wake_locked()
 
     # -- shared, with the lock held ---------------------------------------------
-    def _park_locked(self, conn: Connection) -> bool:
-        """Put a connection in the idle set until it is readable or due."""
+    def _park_locked(self, conn: Connection, fresh: bool = False) -> bool:
+        """Wait in the poller: for a request, or for the rest of a head."""
+        if not self._arm_locked(conn):
+            return False
+        now = time.monotonic()
+        if conn.reader.buf:
+            self._waiting.add_head(conn, now)
+        else:
+            self._waiting.add_idle(conn, now, fresh)
+        return True
+
+    def _arm_locked(self, conn: Connection) -> bool:
+        """Watch a connection for input, once (until armed again)."""
         # One-shot: after one event the connection stays in the set, disabled,
-        # until a worker parks it again; closing it removes it for good.
+        # until it is armed again; closing it removes it for good.
         flags = select.EPOLLIN | select.EPOLLONESHOT
         try:
             if conn.armed:
@@ -418,8 +457,6 @@ class Server:
         except OSError:
             log.exception("cannot watch a connection pid=%d", self._pid)
             return False
-        conn.deadline = time.monotonic() + self._idle_timeout
-        self._idle[conn.fd] = conn
         return True
 
     def _wake_locked(self) -> None:
@@ -433,7 +470,7 @@ def _idle_timeout(options: ServeOptions) -> float:
     # Kept-alive and silent new connections wait alike; with keep-alive off
     # only new ones wait, for as long as a request head may take.
     keepalive = options.keepalive_timeout
-    return keepalive if keepalive > 0 else HEAD_TIMEOUT
+    return keepalive if keepalive > 0 else options.header_timeout
 
 
 def _epoll_with_wake_pipe() -> tuple[select.epoll, int, int]:

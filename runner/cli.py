@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from juggler.backends import registry
 from juggler.backends.signals import StopRequest
-from juggler.runner import parent, serve
+from juggler.runner import forwarded, parent, serve
 from juggler.runner.errors import EXIT_OK, EXIT_USAGE, BootError, RunnerError
 from juggler.runner.logs import LOG_LEVELS, configure_logging
 
@@ -121,6 +121,30 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="idle keep-alive connections are closed after S seconds "
         "(default 75, longer than nginx's 60)",
+    )
+    how.add_argument(
+        "--header-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a request head must arrive within S seconds of its first byte, "
+        "or it is answered 408 and closed (default 30; meinheld: not applied)",
+    )
+    how.add_argument(
+        "--io-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="drop a connection whose request body pauses, or whose client "
+        "reads none of its response, for S seconds (default 30)",
+    )
+    how.add_argument(
+        "--forwarded-allow-ips",
+        default=forwarded.DEFAULT,
+        metavar="LIST",
+        help="peers whose X-Forwarded-For/-Proto set the client address and "
+        "scheme the app sees: addresses, networks, unix (a UNIX-socket peer), "
+        "* (any); empty for none (default 127.0.0.1)",
     )
     how.add_argument(
         "--python-path",

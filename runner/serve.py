@@ -39,10 +39,14 @@ from juggler.runner.errors import (
     RunnerError,
     UsageError,
 )
+from juggler.runner.forwarded import TrustedProxies, wrap_forwarded
 from juggler.runner.notify import Notifier
 from juggler.runner.standby import standby_fd_from_environ, wait_for_promotion
 
 log = logging.getLogger("juggler.runner")
+
+# nginx's default keepalive_timeout for idle connections to an upstream.
+PROXY_KEEPALIVE_TIMEOUT = 60
 
 # The listen queue when the runner binds its own socket (chaussette's too).
 DEFAULT_BACKLOG = 2048
@@ -65,6 +69,7 @@ class Settings:
     interface: str = "auto"
     options: ServeOptions = field(default_factory=ServeOptions)
     access_log: bool = False
+    forwarded: TrustedProxies = field(default_factory=TrustedProxies)
     python_path: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     pre_hook: str | None = None
@@ -105,6 +110,7 @@ def settings_from_args(
         interface=args.interface,
         options=_serve_options(args),
         access_log=args.access_log,
+        forwarded=_trusted_proxies(args.forwarded_allow_ips),
         python_path=tuple(_split_paths(args.python_path)),
         env=tuple(_parse_env(item) for item in args.env),
         pre_hook=args.pre_hook,
@@ -113,16 +119,48 @@ def settings_from_args(
 
 
 def _serve_options(args: argparse.Namespace) -> ServeOptions:
+    _warn_short_keepalive(args.keepalive_timeout)
     if args.graceful_timeout < 0:
         raise UsageError("--graceful-timeout must be 0 or more seconds")
+    if args.header_timeout <= 0 or args.io_timeout <= 0:
+        raise UsageError("--header-timeout and --io-timeout must be more than 0")
     if args.concurrency is not None and args.concurrency < 1:
         raise UsageError("--spawn/--threads must be at least 1")
     return ServeOptions(
         graceful_timeout=args.graceful_timeout,
         keepalive_timeout=args.keepalive_timeout,
+        header_timeout=args.header_timeout,
+        io_timeout=args.io_timeout,
         concurrency=args.concurrency,
         monkey_patch=args.monkey_patch,
     )
+
+
+def _warn_short_keepalive(timeout: float) -> None:
+    """Say so when idle connections close before a proxy's do.
+
+    A proxy that keeps connections to the workers alive (nginx's upstream
+    ``keepalive``) reuses one it believes open; if the worker closed it a
+    moment before, the request fails and a POST, which nginx does not
+    retry, gets 502. The worker's idle timeout must outlast the proxy's.
+    """
+    if 0 < timeout < PROXY_KEEPALIVE_TIMEOUT:
+        log.warning(
+            "--keepalive-timeout %gs is shorter than nginx's upstream "
+            "keepalive_timeout (%ds by default): nginx may send a request on a "
+            "connection this worker is closing and answer 502; set nginx's "
+            "below %gs",
+            timeout,
+            PROXY_KEEPALIVE_TIMEOUT,
+            timeout,
+        )
+
+
+def _trusted_proxies(text: str) -> TrustedProxies:
+    try:
+        return TrustedProxies.parse(text)
+    except ValueError as exc:
+        raise UsageError(f"--forwarded-allow-ips: {exc}") from None
 
 
 def _parse_fd_host(host: str) -> int:
@@ -211,6 +249,9 @@ def _boot(settings: Settings, notifier: Notifier, stop: StopRequest) -> _Worker:
     _check_compatible(backend, interface, sock)
     if settings.access_log:
         app = wrap_access_log(app, interface)
+    if settings.forwarded.enabled:
+        # Outside the access log, which then logs the forwarded client.
+        app = wrap_forwarded(app, interface, settings.forwarded)
 
     options = _with_interface(settings.options, interface)
     ready = functools.partial(_on_ready, notifier, settings, backend, sock, stop)

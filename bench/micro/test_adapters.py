@@ -23,7 +23,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench.apps import HELLO, wsgi
 from juggler.backends.base import ServeOptions
-from juggler.backends.head import head_without_body
+from juggler.backends.head import guard_response
 from juggler.backends.meinheld import environ_fixer
 from juggler.backends.wsgi11 import WsgiHandler
 
@@ -101,12 +101,12 @@ def test_app_called_directly(benchmark: BenchmarkFixture) -> None:
 
 
 @pytest.mark.benchmark(group="adapter")
-def test_head_without_body(benchmark: BenchmarkFixture) -> None:
+def test_guard_response(benchmark: BenchmarkFixture) -> None:
     benchmark.extra_info.update(
-        what="head_without_body around it, a GET (waitress, werkzeug, meinheld)",
+        what="guard_response around it, a GET (waitress, werkzeug, meinheld)",
         baseline=BASELINE,
     )
-    app = head_without_body(wsgi)
+    app = guard_response(wsgi)
     env = environ()
     assert benchmark(lambda: drained(app(env, start_response))) == HELLO
     env["REQUEST_METHOD"] = "HEAD"
@@ -122,7 +122,7 @@ def test_meinheld_environ_fixer(
     tcp_listener: socket.socket,
 ) -> None:
     benchmark.extra_info.update(
-        what=f"meinheld's environ fixer + head_without_body, {family} "
+        what=f"meinheld's environ fixer + guard_response, {family} "
         "socket, a request on a kept-alive connection",
         baseline=BASELINE,
     )

@@ -17,9 +17,16 @@ directory = sys.argv[1]
 def note_and_exit(signum, frame):
     with open(os.path.join(directory, f"{os.getpid()}.term"), "w"):
         pass
+    if child:
+        # Give a child that heard the signal too the time to note it: once
+        # the parent is gone, a stop kills what is left of its group.
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline and os.waitpid(child, os.WNOHANG) == (0, 0):
+            time.sleep(0.01)
     os._exit(0)
 
 
+child = 0
 signal.signal(signal.SIGTERM, note_and_exit)
 parent = os.getpid()
 child = os.fork()

@@ -175,7 +175,12 @@ class AsgiContract:
             assert scope["server"] == [served[0], served[1]]
 
     def test_forwarded_headers_are_not_trusted(self) -> None:
-        with harness.running("asgi_probe:app", backend=self.backend) as runner:
+        # With the runner's trust list empty: the backend itself trusts nothing.
+        with harness.running(
+            "asgi_probe:app",
+            backend=self.backend,
+            extra_args=["--forwarded-allow-ips", ""],
+        ) as runner:
             reply = get(
                 runner,
                 "/scope",

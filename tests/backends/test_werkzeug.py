@@ -190,7 +190,8 @@ def test_unix_environ_follows_the_contract(tmp_path: Path) -> None:
 def test_x_forwarded_for_does_not_change_remote_addr(
     family: str, tmp_path: Path
 ) -> None:
-    with serving(family, tmp_path) as runner:
+    # With the runner's trust list empty: the backend itself trusts nothing.
+    with serving(family, tmp_path, "--forwarded-allow-ips", "") as runner:
         plain = environ_seen(runner)
         spoofed = environ_seen(runner, headers={"X-Forwarded-For": "203.0.113.9"})
     assert spoofed["REMOTE_ADDR"] == plain["REMOTE_ADDR"]

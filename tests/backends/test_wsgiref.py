@@ -151,7 +151,13 @@ def served(
 ) -> Iterator[Served]:
     directory = tmp_path_factory.mktemp("wsgiref")
     runner = harness.RunnerProcess(
-        APP, backend="wsgiref", family=request.param, env=_env(directory)
+        APP,
+        backend="wsgiref",
+        family=request.param,
+        env=_env(directory),
+        # The backend's own environ, without the runner's X-Forwarded-* trust
+        # (tests/runner/test_forwarded.py).
+        extra_args=("--forwarded-allow-ips", ""),
     )
     try:
         runner.start()

@@ -38,14 +38,6 @@ KNOWN_LIMITS: dict[tuple[str, ...], str] = {
     ("meinheld", "limit_header_size"): _MEINHELD_HEAD.format(
         what="a field of 8191 bytes"
     ),
-    ("werkzeug", "malformed_request_line"): (
-        "http.server answers a request line without an HTTP/x.y version in "
-        "HTTP/0.9 style: an HTML error page with no status line."
-    ),
-    ("werkzeug", "malformed_tls_hello"): (
-        "http.server answers bytes that are not a request line in HTTP/0.9 "
-        "style: an HTML error page with no status line."
-    ),
     ("werkzeug", "keepalive"): _WERKZEUG_CLOSES,
     ("werkzeug", "pipelining"): _WERKZEUG_CLOSES,
     ("werkzeug", "keepalive_after_stream"): _WERKZEUG_CLOSES,

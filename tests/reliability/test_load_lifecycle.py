@@ -540,8 +540,16 @@ def test_accept_spread(figures, cleanup, route):
     figures.exact("0 failed requests", failures(result), result.failed == 0)
     fair = result.total / len(workers)
     shares = {pid: result.pids[str(pid)] / fair for pid in workers}
+    measured = ", ".join(f"{share:.0%}" for share in sorted(shares.values()))
+    assert sum(result.pids.values()) == result.total
+    if route == "nginx":
+        # Behind nginx the workers see the 32 connections of its upstream
+        # pool, each kept by whichever worker accepted it: the spread is
+        # that of a few accepts at start, reported here for information.
+        figures.note("share of each worker behind nginx's keep-alive pool", measured)
+        return
     figures.exact(
         "under 64 connections every worker gets ≥ 50 % of its fair share",
-        ", ".join(f"{share:.0%}" for share in sorted(shares.values())),
-        min(shares.values()) >= 0.5 and sum(result.pids.values()) == result.total,
+        measured,
+        min(shares.values()) >= 0.5,
     )
