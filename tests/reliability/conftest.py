@@ -46,6 +46,7 @@ class Figure:
     measured: str
     passed: bool
     exact: bool
+    known_shortfall: bool = False
 
 
 RECORDED: list[Figure] = []
@@ -57,9 +58,27 @@ class Figures:
     def __init__(self, scenario: str) -> None:
         self.scenario = scenario
 
-    def exact(self, criterion: str, measured: object, ok: bool) -> None:
-        """Record a criterion that must hold exactly; fail the test if not."""
-        self._record(criterion, str(measured), ok, exact=True)
+    def exact(
+        self,
+        criterion: str,
+        measured: object,
+        ok: bool,
+        *,
+        known_shortfall: bool = False,
+    ) -> None:
+        """Record a criterion that must hold exactly; fail the test if not.
+
+        ``known_shortfall``: the criterion is not met for a documented
+        reason (a server package's own limit), and ``ok`` says the failures
+        are exactly the documented ones. The table says "no (known)"; the
+        test fails when anything else fails, or when the shortfall is gone
+        (its documentation must then go too).
+        """
+        figure = Figure(
+            self.scenario, criterion, str(measured), ok and not known_shortfall,
+            exact=True, known_shortfall=known_shortfall,
+        )  # fmt: skip
+        self._add(figure)
         assert ok, f"{self.scenario}: {criterion}: measured {measured}"
 
     def timing(
@@ -77,11 +96,13 @@ class Figures:
         self._record(criterion, measured, True, exact=False)
 
     def _record(self, criterion: str, measured: str, ok: bool, *, exact: bool) -> None:
-        figure = Figure(self.scenario, criterion, measured, ok, exact)
+        self._add(Figure(self.scenario, criterion, measured, ok, exact))
+
+    def _add(self, figure: Figure) -> None:
         RECORDED.append(figure)
         # Printed as it is measured too: visible with -s, and in the
         # captured output of a failed test.
-        print(f"figure: {self.scenario}: {criterion}: {measured}")
+        print(f"figure: {figure.scenario}: {figure.criterion}: {figure.measured}")
 
 
 @pytest.fixture
@@ -103,7 +124,9 @@ def render(figures: list[Figure]) -> str:
     ]
     for figure in figures:
         verdict = "yes" if figure.passed else "no"
-        if not figure.exact and not figure.passed:
+        if figure.known_shortfall:
+            verdict = "no (known shortfall, documented)"
+        elif not figure.exact and not figure.passed:
             verdict = f"no (timing; fails past {TIMING_SLACK:g}x)"
         lines.append(
             f"| {figure.scenario} | {figure.criterion} | {figure.measured} "

@@ -87,6 +87,16 @@ spare_processes = 0
 SOCKET_OF = {"a": "a", "b": "b", "c": "b"}
 
 
+class Closer:
+    """A socket of the test's, closed at teardown by ``cleanup``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
 class Killer:
     """Pids to SIGKILL at teardown (grandchildren that outlive a stop)."""
 
@@ -199,6 +209,7 @@ def test_worker_descriptors_are_stdio_and_own_sockets(
     juggler: Started, figures, cleanup: list[object], tmp_path
 ) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    cleanup.append(Closer(notify))  # closed last, after juggler stops
     notify.bind(str(tmp_path / "systemd-notify"))
     notify.setblocking(False)
     env = {**ADDRESSED_TO_SUPERVISOR, "NOTIFY_SOCKET": str(tmp_path / "systemd-notify")}
