@@ -67,14 +67,18 @@ def free_port() -> int:
 class Nginx:
     """nginx proxying to ``upstream`` (``unix:/path`` or ``host:port``).
 
-    ``keepalive`` idle connections to the upstream are kept for reuse; with
-    0, every request opens a connection of its own to the upstream.
+    ``keepalive`` idle connections to the upstream are kept for reuse, each
+    for ``idle_timeout`` seconds (nginx's default, 60, when None); with 0,
+    every request opens a connection of its own to the upstream.
     """
 
-    def __init__(self, upstream: str, keepalive: int = 32) -> None:
+    def __init__(
+        self, upstream: str, keepalive: int = 32, idle_timeout: float | None = None
+    ) -> None:
         self.tmp = tempfile.mkdtemp(prefix="juggler-nginx-")
         self.upstream = upstream
         self.keepalive = keepalive
+        self.idle_timeout = idle_timeout
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -90,7 +94,7 @@ class Nginx:
                     upstream=self.upstream,
                     port=self.port,
                     user=user,
-                    keepalive=f"keepalive {self.keepalive};" if self.keepalive else "",
+                    keepalive=self._keepalive_lines(),
                 )
             )
         self.proc = subprocess.Popen(
@@ -100,6 +104,14 @@ class Nginx:
             start_new_session=True,
         )
         wait_for(self._accepts, message="nginx listening")
+
+    def _keepalive_lines(self) -> str:
+        if not self.keepalive:
+            return ""
+        lines = f"keepalive {self.keepalive};"
+        if self.idle_timeout is not None:
+            lines += f" keepalive_timeout {self.idle_timeout:g}s;"
+        return lines
 
     def _accepts(self) -> bool:
         assert self.proc is not None

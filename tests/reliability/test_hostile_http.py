@@ -37,10 +37,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import http.client
-import os
 import select
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -56,7 +54,7 @@ import pytest
 from conformance import wire
 from conformance.conftest import TARGETS, Target
 from conformance.limits import KNOWN_LIMITS
-from proxy import Nginx, nginx_binary
+from proxy import Nginx
 
 from juggler.backends.base import HeadLimits
 
@@ -922,63 +920,6 @@ def test_200_slow_connections_leave_legitimate_p99_under_500ms(
 
 # -- 5. behind nginx: idle-timeout races ---------------------------------------------
 
-IDLE_CONF = """
-worker_processes 1;
-{user}
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-daemon off;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream app {{
-        server {upstream};
-        keepalive 8;
-        keepalive_timeout {idle:g}s;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"""
-
-
-class IdleNginx(Nginx):
-    """nginx keeping idle upstream connections for ``idle`` seconds."""
-
-    def __init__(self, upstream: str, idle: float) -> None:
-        super().__init__(upstream)
-        self.idle = idle
-
-    def start(self) -> None:
-        conf = os.path.join(self.tmp, "nginx.conf")
-        user = "user root;" if os.getuid() == 0 else ""
-        text = IDLE_CONF.format(
-            tmp=self.tmp,
-            upstream=self.upstream,
-            port=self.port,
-            user=user,
-            idle=self.idle,
-        )
-        Path(conf).write_text(text)
-        self.proc = subprocess.Popen(
-            [nginx_binary(), "-c", conf, "-p", self.tmp],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        harness.wait_for(self._accepts, message="nginx listening")
-
 
 def with_pauses(port: int, pauses: list[float]) -> Counter[int | str]:
     """GETs and POSTs through nginx, each after a pause; their outcomes.
@@ -1006,7 +947,7 @@ def with_pauses(port: int, pauses: list[float]) -> Counter[int | str]:
 def through_nginx(backend: Backend, idle: float, pauses: list[float]) -> Counter:
     """Clients pausing around the idle timeouts, through nginx to ``backend``."""
     host, port = backend.address
-    nginx = IdleNginx(f"{host}:{port}", idle)
+    nginx = Nginx(f"{host}:{port}", keepalive=8, idle_timeout=idle)
     nginx.start()
     try:
         offsets = [pauses[i:] + pauses[:i] for i in range(CLIENTS_PER_NGINX)]
