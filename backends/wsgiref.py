@@ -139,6 +139,7 @@ class Server:
         self._paused_until = 0.0  # accept() ran out of resources until then
         self._listening = False
         self._stopping = False
+        self._poller_ended = False
         self._epoll, self._wake_r, self._wake_w = _epoll_with_wake_pipe()
 
         self._queue: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
@@ -162,10 +163,17 @@ class Server:
             self._wake_locked()
 
     def drained(self) -> bool:
-        """Whether the stop left nothing to finish: no connection busy, and
-        none accepted that still owes its first request."""
+        """Whether the stop left nothing to finish: the poller has ended (so
+        nothing more is accepted), no connection is busy, and none accepted
+        still owes its first request.
+
+        The poller may still accept what the kernel woke it for after the
+        stop began (``_accept_ready``): until it has ended, a quiet moment
+        with nothing busy is no proof that nothing more is coming, and a
+        worker that exited then would drop a connection it had accepted.
+        """
         with self._lock:
-            return self.busy == 0 and not self._waiting
+            return self._poller_ended and self.busy == 0 and not self._waiting
 
     def release_threads(self) -> None:
         """Let idle worker threads end once the stop is over."""
@@ -387,6 +395,7 @@ class Server:
     def _close_all(self) -> None:
         with self._lock:
             self._stopping = True
+            self._poller_ended = True
             idle = self._waiting.clear()
             self._open -= len(idle)
             if self._listening:
