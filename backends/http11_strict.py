@@ -29,6 +29,7 @@ Each costs one pass of ``http11.parse_head`` per request.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from juggler.backends.base import HeadLimits
@@ -89,11 +90,7 @@ def request_line_refusal(line: bytes, limits: HeadLimits) -> HttpError | None:
     """Why a request line, its CRLF included, is refused, or None."""
     if not line.endswith(b"\r\n"):
         return HttpError(400, "request line not ended by CRLF")
-    try:
-        parse_request_line(line[:-2], limits)
-    except HttpError as exc:
-        return exc
-    return None
+    return _refusal_of(parse_request_line, line[:-2], limits)
 
 
 def field_block(request: Request) -> str:
@@ -118,11 +115,7 @@ def refusal(head: bytes, limits: HeadLimits) -> HttpError | None:
         head = head[:-4]
     elif head.endswith(b"\r\n"):
         head = head[:-2]
-    try:
-        parse_head(head, limits)
-    except HttpError as exc:
-        return exc
-    return None
+    return _refusal_of(parse_head, head, limits)
 
 
 def buffered_refusal(buffer: bytes, limits: HeadLimits) -> HttpError | None:
@@ -141,8 +134,15 @@ def buffered_refusal(buffer: bytes, limits: HeadLimits) -> HttpError | None:
     head = buffer[start:end]
     if not head.endswith(b"\r\n"):
         return HttpError(400, "bare LF in the request head")
+    return _refusal_of(parse_head, head[:-2], limits)
+
+
+def _refusal_of(
+    parse: Callable[[bytes, HeadLimits], object], data: bytes, limits: HeadLimits
+) -> HttpError | None:
+    """The error ``parse`` raises for ``data``, or None if it takes it."""
     try:
-        parse_head(head[:-2], limits)
+        parse(data, limits)
     except HttpError as exc:
         return exc
     return None
